@@ -1,0 +1,17 @@
+"""The event store: the ``events`` table is the source of truth and the audit log."""
+
+from event_store.errors import (
+    EventStoreError,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    WrongExpectedVersion,
+)
+from event_store.protocol import EventStore
+
+__all__ = [
+    "EventStore",
+    "EventStoreError",
+    "IdempotencyKeyReused",
+    "StoreUnavailable",
+    "WrongExpectedVersion",
+]

@@ -1,0 +1,148 @@
+"""The event envelope shared by the store, the relay and every consumer.
+
+Streams are named ``<category>-<uuid>`` (message-db style). The stored ``type`` is a stable
+string chosen by hand, never an import path, and ``schema_version`` sits beside it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+JSON: TypeAlias = dict[str, Any]
+
+CATEGORIES = ("user", "project", "task")
+Category: TypeAlias = Literal["user", "project", "task"]
+
+# Expected version of a stream before an append: an exact version, or one of these.
+ANY: Literal["any"] = "any"
+NO_STREAM: Literal["no_stream"] = "no_stream"
+ExpectedVersion: TypeAlias = int | Literal["any", "no_stream"]
+
+METADATA_KEYS = ("actor", "correlation_id", "causation_id", "traceparent", "idempotency_key")
+
+
+def stream_name(category: str, entity_id: uuid.UUID | str) -> str:
+    return f"{category}-{entity_id}"
+
+
+def category_of(stream: str) -> str:
+    """The category is everything before the first dash (``task-<uuid>`` -> ``task``)."""
+    category, sep, rest = stream.partition("-")
+    if not sep or not category or not rest:
+        raise ValueError(f"stream name {stream!r} is not of the form <category>-<id>")
+    return category
+
+
+def entity_id_of(stream: str) -> str:
+    return stream.partition("-")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """Who and what caused an event; stored as the ``metadata`` jsonb column."""
+
+    actor: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    idempotency_key: str | None = None
+
+    def to_json(self) -> JSON:
+        return {k: getattr(self, k) for k in METADATA_KEYS if getattr(self, k) is not None}
+
+    @classmethod
+    def from_json(cls, raw: JSON | None) -> Metadata:
+        raw = raw or {}
+        return cls(**{k: raw.get(k) for k in METADATA_KEYS})
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended: the store assigns version, position and time."""
+
+    type: str
+    data: JSON
+    schema_version: int = 1
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored in the ``events`` table: the unit of the audit log."""
+
+    id: uuid.UUID
+    stream: str
+    type: str
+    schema_version: int
+    version: int
+    global_position: int
+    recorded_at: datetime
+    data: JSON
+    metadata: JSON
+
+    @property
+    def category(self) -> str:
+        return category_of(self.stream)
+
+    def to_json(self) -> JSON:
+        """The one JSON form of an event, used in the table, on Kafka and over HTTP."""
+        return {
+            "id": str(self.id),
+            "stream": self.stream,
+            "type": self.type,
+            "schema_version": self.schema_version,
+            "version": self.version,
+            "global_position": self.global_position,
+            "recorded_at": self.recorded_at.isoformat(),
+            "data": self.data,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JSON) -> RecordedEvent:
+        return cls(
+            id=uuid.UUID(raw["id"]),
+            stream=raw["stream"],
+            type=raw["type"],
+            schema_version=int(raw["schema_version"]),
+            version=int(raw["version"]),
+            global_position=int(raw["global_position"]),
+            recorded_at=datetime.fromisoformat(raw["recorded_at"]),
+            data=raw["data"],
+            metadata=raw.get("metadata") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append returns: the stream's new version and the positions written."""
+
+    stream: str
+    version: int
+    first_position: int | None
+    last_position: int | None
+    event_ids: tuple[uuid.UUID, ...] = ()
+    replayed: bool = False  # True when an idempotency key matched an earlier append
+
+    def to_json(self) -> JSON:
+        return {
+            "stream": self.stream,
+            "version": self.version,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "event_ids": [str(i) for i in self.event_ids],
+        }
+
+    @classmethod
+    def from_json(cls, raw: JSON, *, replayed: bool = False) -> AppendResult:
+        return cls(
+            stream=raw["stream"],
+            version=int(raw["version"]),
+            first_position=raw["first_position"],
+            last_position=raw["last_position"],
+            event_ids=tuple(uuid.UUID(i) for i in raw.get("event_ids", ())),
+            replayed=replayed,
+        )
