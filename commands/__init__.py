@@ -1,0 +1,1 @@
+"""Deciders (pure: decide and evolve per aggregate), domain errors and password hashing."""

@@ -1,0 +1,341 @@
+"""The PostgreSQL event store (psycopg 3, async).
+
+Why no tailing reader skips an event
+------------------------------------
+PostgreSQL hands out identity values when rows are inserted but makes transactions visible when
+they commit, so with free concurrency position 11 can become visible before position 10, and a
+reader that has moved past 10 never sees it. Here every transaction that inserts into ``events``
+first takes one transaction-level advisory lock (``APPEND_LOCK_KEY``), explicitly in this module
+and, for any other writer, through a statement trigger on the table (migration 0001). The lock is
+held until the transaction has committed *and become visible* (PostgreSQL releases locks after it
+marks the transaction committed in the proc array), so positions are handed out in commit order:
+once a reader can see position P, every lower position is already committed or rolled back for
+good. Holes left by rolled-back transactions never fill, so a reader may pass them.
+
+The price is that appends are serial across the whole database. Group commit pays it back: the
+appends that arrive in this process while a transaction is in flight are decided and written
+together in the next one, each with its own exact concurrency check (done in memory, under the
+lock, against the versions read under the lock) and its own result.
+
+Tailing: readers poll ``global_position > last`` and wait on LISTEN between polls; writers send
+one NOTIFY per transaction (not per event), with a slow poll as a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpectedVersion
+from schemas.envelope import ANY, NO_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, category_of
+
+log = logging.getLogger("taskstream.event_store")
+
+APPEND_LOCK_KEY = 7_306_010_001
+NOTIFY_CHANNEL = "taskstream_events"
+_COLUMNS = "global_position, stream_id, version, event_id, type, schema_version, data, metadata, recorded_at"
+
+
+def request_fingerprint(stream: str, expected_version: ExpectedVersion, events: Sequence[NewEvent]) -> str:
+    """A stable hash of what an append asks for, ignoring the generated event ids."""
+    body = json.dumps(
+        [stream, expected_version, [[e.type, e.schema_version, e.data] for e in events]],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _check_stream(stream: str) -> None:
+    category_of(stream)  # raises ValueError on a malformed name
+
+
+def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
+    position, stream, version, event_id, type_, schema_version, data, metadata, recorded_at = row
+    return RecordedEvent(
+        id=event_id,
+        stream=stream,
+        type=type_,
+        schema_version=schema_version,
+        version=version,
+        global_position=position,
+        recorded_at=recorded_at,
+        data=data,
+        metadata=metadata,
+    )
+
+
+@dataclass
+class _Append:
+    stream: str
+    expected: ExpectedVersion
+    events: Sequence[NewEvent]
+    metadata: dict[str, Any]
+    key: str | None
+    fingerprint: str | None
+    future: asyncio.Future[AppendResult] = field(repr=False)
+
+
+class PostgresEventStore:
+    """Implements ``event_store.protocol.EventStore`` over a psycopg async pool."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, notify: bool = True, max_batch: int = 512) -> None:
+        self._pool = pool
+        self._notify = notify
+        self._max_batch = max_batch
+        self._pending: list[_Append] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, database_url: str, *, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> PostgresEventStore:
+        pool = AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False)
+        try:
+            await pool.open(wait=True, timeout=15)
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot connect to the event store database: {exc}") from exc
+        return cls(pool, **kwargs)
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        return self._pool
+
+    async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._writer
+        await self._pool.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        expected_version: ExpectedVersion,
+        events: Sequence[NewEvent],
+        metadata: Metadata | None = None,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> AppendResult:
+        _check_stream(stream)
+        if not isinstance(expected_version, int) and expected_version not in (ANY, NO_STREAM):
+            raise ValueError(f"expected_version must be an int, 'any' or 'no_stream', not {expected_version!r}")
+        if isinstance(expected_version, int) and expected_version < 0:
+            raise ValueError("expected_version must not be negative")
+        if idempotency_key is not None and fingerprint is None:
+            fingerprint = request_fingerprint(stream, expected_version, events)
+        meta = (metadata or Metadata()).to_json()
+        if idempotency_key is not None:
+            meta.setdefault("idempotency_key", idempotency_key)
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(stream, expected_version, list(events), meta, idempotency_key, fingerprint, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="event-store-group-commit")
+        return await future
+
+    async def _write_pending(self) -> None:
+        """Drain the queue: one transaction per batch; appends that arrive meanwhile form the next."""
+        while self._pending:
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+            batch = [a for a in batch if not a.future.cancelled()]
+            if not batch:
+                continue
+            try:
+                outcomes = await self._commit(batch)
+            except psycopg.errors.IntegrityError:
+                # Only a caller-supplied duplicate event id gets here: find the offender.
+                outcomes = await self._commit_alone(batch)
+            except psycopg.Error as exc:
+                log.warning("append transaction failed: %s", exc)
+                outcomes = [StoreUnavailable(f"the event store failed: {type(exc).__name__}")] * len(batch)
+            for append, outcome in zip(batch, outcomes, strict=True):
+                if append.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    append.future.set_exception(outcome)
+                else:
+                    append.future.set_result(outcome)
+
+    async def _commit_alone(self, batch: list[_Append]) -> list[AppendResult | Exception]:
+        outcomes: list[AppendResult | Exception] = []
+        for append in batch:
+            try:
+                outcomes.extend(await self._commit([append]))
+            except psycopg.errors.IntegrityError as exc:
+                outcomes.append(StoreUnavailable(f"the append violated a constraint of the events table: {exc.diag.constraint_name}"))
+            except psycopg.Error as exc:
+                outcomes.append(StoreUnavailable(f"the event store failed: {type(exc).__name__}"))
+        return outcomes
+
+    async def _commit(self, batch: list[_Append]) -> list[AppendResult | Exception]:
+        streams = sorted({a.stream for a in batch})
+        keys = sorted({a.key for a in batch if a.key is not None})
+        async with self._pool.connection() as conn, conn.transaction():
+            # READ COMMITTED: each statement below sees everything committed before the lock.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+            cur = await conn.execute(
+                "SELECT s.stream_id, COALESCE((SELECT e.version FROM events e WHERE e.stream_id = s.stream_id"
+                " ORDER BY e.version DESC LIMIT 1), 0) FROM unnest(%s::text[]) AS s(stream_id)",
+                (streams,),
+            )
+            versions: dict[str, int] = {row[0]: row[1] for row in await cur.fetchall()}
+            known: dict[str, tuple[str, dict[str, Any]]] = {}
+            if keys:
+                cur = await conn.execute(
+                    "SELECT key, fingerprint, result FROM idempotency_keys WHERE key = ANY(%s)", (keys,)
+                )
+                known = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+            outcomes: list[AppendResult | Exception | None] = [None] * len(batch)
+            rows: list[tuple[str, int, uuid.UUID, str, int, str, str]] = []
+            accepted: list[tuple[int, _Append, int, int]] = []  # (index, append, first version, new version)
+            batch_keys: dict[str, tuple[str, int]] = {}  # key -> (fingerprint, index) decided in this batch
+            replays: dict[int, int] = {}  # index -> index of the earlier append with the same key and request
+            for index, append in enumerate(batch):
+                if append.key is not None:
+                    if append.key in known:
+                        fingerprint, result = known[append.key]
+                        outcomes[index] = (
+                            AppendResult.from_json(result, replayed=True)
+                            if fingerprint == append.fingerprint
+                            else IdempotencyKeyReused(append.key)
+                        )
+                        continue
+                    if append.key in batch_keys:
+                        fingerprint, first = batch_keys[append.key]
+                        if fingerprint == append.fingerprint:
+                            replays[index] = first
+                        else:
+                            outcomes[index] = IdempotencyKeyReused(append.key)
+                        continue
+                current = versions.get(append.stream, 0)
+                if not _matches(append.expected, current):
+                    outcomes[index] = WrongExpectedVersion(append.stream, append.expected, current)
+                    continue
+                new_version = current + len(append.events)
+                versions[append.stream] = new_version
+                meta = json.dumps(append.metadata)
+                for offset, event in enumerate(append.events, start=1):
+                    rows.append((append.stream, current + offset, event.id, event.type, event.schema_version,
+                                 json.dumps(event.data), meta))  # fmt: skip
+                accepted.append((index, append, current + 1, new_version))
+                if append.key is not None:
+                    batch_keys[append.key] = (append.fingerprint or "", index)
+
+            positions: dict[uuid.UUID, int] = {}
+            if rows:
+                cur = await conn.execute(
+                    "INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)"
+                    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data::jsonb, r.metadata::jsonb"
+                    " FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[])"
+                    " WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)"
+                    " ORDER BY r.ord RETURNING event_id, global_position",
+                    [list(column) for column in zip(*rows, strict=True)],
+                )
+                positions = {row[0]: row[1] for row in await cur.fetchall()}
+            key_rows: list[tuple[str, str, str, str]] = []
+            for index, append, _first, new_version in accepted:
+                ids = tuple(e.id for e in append.events)
+                result = AppendResult(
+                    stream=append.stream,
+                    version=new_version,
+                    first_position=positions[ids[0]] if ids else None,
+                    last_position=positions[ids[-1]] if ids else None,
+                    event_ids=ids,
+                )
+                outcomes[index] = result
+                if append.key is not None:
+                    key_rows.append((append.key, append.fingerprint or "", append.stream, json.dumps(result.to_json())))
+            if key_rows:
+                await conn.cursor().executemany(
+                    "INSERT INTO idempotency_keys (key, fingerprint, stream_id, result) VALUES (%s, %s, %s, %s::jsonb)",
+                    key_rows,
+                )
+            if rows and self._notify:
+                await conn.execute(sql.SQL("SELECT pg_notify({}, %s)").format(sql.Literal(NOTIFY_CHANNEL)), (str(max(positions.values())),))
+        # Same key twice in one batch with the same request: the later one replays the first.
+        for index, first in replays.items():
+            original = outcomes[first]
+            outcomes[index] = AppendResult.from_json(original.to_json(), replayed=True) if isinstance(original, AppendResult) else original
+        return outcomes  # type: ignore[return-value]
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def read_stream(self, stream: str, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]:
+        query = f"SELECT {_COLUMNS} FROM events WHERE stream_id = %s AND version >= %s ORDER BY version"
+        params: list[Any] = [stream, from_version]
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
+        return await self._fetch(query, params)
+
+    async def stream_version(self, stream: str) -> int:
+        rows = await self._fetch_raw("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = %s", [stream])
+        return int(rows[0][0])
+
+    async def read_all(self, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        return await self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE global_position > %s ORDER BY global_position LIMIT %s",
+            [after_position, limit],
+        )
+
+    async def read_category(self, category: str, after_position: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        return await self._fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE category = %s AND global_position > %s ORDER BY global_position LIMIT %s",
+            [category, after_position, limit],
+        )
+
+    async def head_position(self) -> int:
+        rows = await self._fetch_raw("SELECT COALESCE(max(global_position), 0) FROM events", [])
+        return int(rows[0][0])
+
+    async def _fetch(self, query: str, params: list[Any]) -> list[RecordedEvent]:
+        return [_row_to_event(row) for row in await self._fetch_raw(query, params)]
+
+    async def _fetch_raw(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute(query, params)  # type: ignore[arg-type]
+                return await cur.fetchall()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"the event store failed: {type(exc).__name__}") from exc
+
+    async def subscribe(
+        self, after_position: int = 0, batch_size: int = 500, *, poll_interval: float = 1.0
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Yield batches in global order from ``after_position``, forever. LISTEN wakes it up;
+        the poll interval bounds the delay if a notification is ever missed."""
+        position = after_position
+        conninfo = self._pool.conninfo
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as listener:
+            await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+            while True:
+                batch = await self.read_all(position, batch_size)
+                if batch:
+                    position = batch[-1].global_position
+                    yield batch
+                    if len(batch) == batch_size:
+                        continue
+                # Drain queued notifications, or wait for the next one.
+                async for _ in listener.notifies(timeout=poll_interval, stop_after=1):
+                    break
+
+
+def _matches(expected: ExpectedVersion, current: int) -> bool:
+    if expected == ANY:
+        return True
+    if expected == NO_STREAM:
+        return current == 0
+    return expected == current

@@ -1,0 +1,280 @@
+"""RFC 9457 problem details: every error the gateway returns is ``application/problem+json``.
+
+Domain errors need not be known here. Any exception with ``slug: str``, ``title: str`` and
+``status: int`` (400-599) becomes a problem of that status, typed
+``https://taskstream.dev/problems/<slug>``. Optionally it may have ``detail`` (str), an
+``extensions()`` method returning extra members, and a ``headers()`` method returning response
+headers (``WWW-Authenticate``, ``Retry-After``). Without ``detail``, a 4xx error's ``str()`` is the
+detail; a 5xx error's text is never shown. Anything else is a 500 with a generic detail and a
+``trace_id``, logged with the same id; the exception text and stack trace stay in the log.
+"""
+
+from __future__ import annotations
+
+import http
+import http.client
+import logging
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from opentelemetry import trace
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ExceptionHandler
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://taskstream.dev/problems/"
+GENERIC_DETAIL = "An unexpected error occurred. Quote the trace_id when reporting it."
+
+# RFC 9110 names where Python's http.HTTPStatus still has the RFC 7231 ones.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+_STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail"})
+
+logger = logging.getLogger("taskstream.gateway")
+
+
+class ProblemError(Protocol):
+    """The duck-typed contract of errors the gateway turns into problems (see the module doc)."""
+
+    slug: str
+    title: str
+    status: int
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_type(slug: str | None) -> str:
+    """``about:blank`` for a generic problem, the slug under our base URI, or an absolute URI as is."""
+    if slug is None or slug == "about:blank":
+        return "about:blank"
+    if ":" in slug:
+        return slug
+    return PROBLEM_TYPE_BASE + slug
+
+
+def status_title(status: int) -> str:
+    if status in _TITLES:
+        return _TITLES[status]
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    type_: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    """One problem response. ``type_`` is a slug, an absolute URI, or None for ``about:blank``."""
+    clash = _STANDARD_MEMBERS.intersection(extensions)
+    if clash:
+        raise TypeError(f"extension members may not redefine {sorted(clash)}; use the parameters")
+    body: dict[str, Any] = {"type": problem_type(type_), "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    body.update(extensions)
+    return ProblemResponse(body, status_code=status, headers=dict(headers) if headers else None)
+
+
+def bearer_challenge(error: str | None = None, description: str | None = None) -> str:
+    """A ``WWW-Authenticate`` value (RFC 6750 section 3): no error code when credentials are absent."""
+    params = []
+    if error is not None:
+        params.append(f'error="{_quote(error)}"')
+    if description is not None:
+        params.append(f'error_description="{_quote(description)}"')
+    return "Bearer " + ", ".join(params) if params else "Bearer"
+
+
+def unauthorized(detail: str | None = None, *, challenge: str = "Bearer") -> ProblemResponse:
+    return problem(401, "Unauthorized", detail, "unauthorized", headers={"WWW-Authenticate": challenge})
+
+
+def forbidden(detail: str | None = None) -> ProblemResponse:
+    return problem(403, "Forbidden", detail, "forbidden")
+
+
+def not_found(detail: str | None = None) -> ProblemResponse:
+    return problem(404, "Not Found", detail, "not-found")
+
+
+def conflict(
+    detail: str | None = None,
+    *,
+    expected_version: int | str | None,
+    actual_version: int | None,
+    slug: str = "wrong-expected-version",
+    title: str = "Conflict",
+    **extensions: Any,
+) -> ProblemResponse:
+    return problem(
+        409,
+        title,
+        detail,
+        slug,
+        expected_version=expected_version,
+        actual_version=actual_version,
+        **extensions,
+    )
+
+
+def content_too_large(max_bytes: int | None = None) -> ProblemResponse:
+    extensions = {} if max_bytes is None else {"max_bytes": max_bytes}
+    detail = None if max_bytes is None else f"The request body exceeds {max_bytes} bytes."
+    return problem(413, "Content Too Large", detail, "content-too-large", **extensions)
+
+
+def unsupported_media_type(content_type: str | None, supported: Sequence[str]) -> ProblemResponse:
+    shown = content_type or "none"
+    detail = f"Content type {shown!r} is not supported; send one of: {', '.join(supported)}."
+    return problem(415, "Unsupported Media Type", detail, "unsupported-media-type", supported=list(supported))
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """``{"field": "a.b", "message": ..., "type": ...}`` per failure; the input is never echoed."""
+    return [
+        {
+            "field": ".".join(str(part) for part in error["loc"]),
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def validation_failed(
+    errors: ValidationError | Sequence[Mapping[str, str]], detail: str | None = None
+) -> ProblemResponse:
+    listed = field_errors(errors) if isinstance(errors, ValidationError) else [dict(e) for e in errors]
+    shown = detail or "The request is not valid; see errors."
+    return problem(422, "Unprocessable Content", shown, "validation-failed", errors=listed)
+
+
+def too_many_requests(retry_after_seconds: float, detail: str | None = None) -> ProblemResponse:
+    seconds = max(1, math.ceil(retry_after_seconds))
+    return problem(
+        429,
+        "Too Many Requests",
+        detail or f"Rate limit exceeded; retry after {seconds} s.",
+        "rate-limited",
+        headers={"Retry-After": str(seconds)},
+        retry_after=seconds,
+    )
+
+
+def internal_error(trace_id: str) -> ProblemResponse:
+    return problem(500, "Internal Server Error", GENERIC_DETAIL, trace_id=trace_id)
+
+
+def current_trace_id(request: Request) -> str:
+    """The request's trace id: ``request.state.trace_id``, the active OpenTelemetry trace, or new."""
+    given = getattr(request.state, "trace_id", None)
+    if isinstance(given, str) and given:
+        return given
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return uuid.uuid4().hex
+
+
+def from_problem_error(exc: BaseException, request: Request | None = None) -> ProblemResponse | None:
+    """The problem for an exception that follows the contract, or None if it does not."""
+    slug, title, status = (getattr(exc, name, None) for name in ("slug", "title", "status"))
+    if not (isinstance(slug, str) and isinstance(title, str)):
+        return None
+    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        return None
+    detail = getattr(exc, "detail", None)
+    if detail is None and status < 500:
+        detail = str(exc) or None
+    extensions = _call_mapping(exc, "extensions")
+    extensions = {k: v for k, v in extensions.items() if k not in _STANDARD_MEMBERS}
+    if status >= 500:
+        trace_id = current_trace_id(request) if request is not None else uuid.uuid4().hex
+        logger.error("%s (%s) trace_id=%s", slug, status, trace_id, exc_info=exc, extra={"trace_id": trace_id})
+        extensions["trace_id"] = trace_id
+    detail_text = None if detail is None else str(detail)
+    return problem(status, title, detail_text, slug, headers=_call_mapping(exc, "headers"), **extensions)
+
+
+def _http_problem(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    if status in {204, 304}:
+        return Response(status_code=status, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    title = status_title(status)
+    # Starlette's default detail is the status phrase: show only a detail the app chose.
+    detail = exc.detail if exc.detail not in {"", title, http.client.responses.get(status)} else None
+    if status >= 500:
+        trace_id = current_trace_id(request)
+        logger.error("HTTP %s raised trace_id=%s", status, trace_id, extra={"trace_id": trace_id})
+        return problem(status, title, detail, headers=headers, trace_id=trace_id)
+    return problem(status, title, detail, headers=headers)
+
+
+async def _any_error(request: Request, exc: Exception) -> Response:
+    if request.scope["type"] != "http":
+        raise exc
+    if isinstance(exc, HTTPException):
+        return _http_problem(request, exc)
+    if isinstance(exc, ValidationError):
+        return validation_failed(exc)
+    response = from_problem_error(exc, request)
+    if response is not None:
+        return response
+    trace_id = current_trace_id(request)
+    logger.error(
+        "unhandled error on %s %s trace_id=%s",
+        request.method,
+        request.url.path,
+        trace_id,
+        exc_info=exc,
+        extra={"trace_id": trace_id},
+    )
+    return internal_error(trace_id)
+
+
+def exception_handlers() -> dict[Any, ExceptionHandler]:
+    """Handlers for ``Starlette(exception_handlers=...)``.
+
+    Starlette gives the ``Exception`` handler to ``ServerErrorMiddleware``, which re-raises after
+    responding, so every 409 would also be logged as a server crash. Keying the catch-all on
+    ``BaseException`` keeps it in ``ExceptionMiddleware`` (the MRO lookup matches every error a
+    route raises): contract errors are answered quietly, unexpected ones logged once with the
+    trace id. The ``Exception`` entry still answers errors raised by middleware outside it.
+    """
+    return {
+        HTTPException: _any_error,
+        ValidationError: _any_error,
+        BaseException: _any_error,
+        Exception: _any_error,
+    }
+
+
+def install_problem_handlers(app: Starlette) -> None:
+    for key, handler in exception_handlers().items():
+        app.add_exception_handler(key, handler)
+
+
+def _call_mapping(exc: BaseException, name: str) -> dict[str, Any]:
+    method = getattr(exc, name, None)
+    return dict(method()) if callable(method) else {}
+
+
+def _quote(value: str) -> str:
+    cleaned = "".join(ch for ch in value if ch.isprintable())
+    return cleaned.replace("\\", "\\\\").replace('"', '\\"')

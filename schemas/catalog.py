@@ -1,0 +1,24 @@
+"""Every event and command class, and the registry built from them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from schemas.base import Command, DomainEvent
+from schemas.projects import PROJECT_COMMANDS, PROJECT_EVENTS, PROJECT_NAME_COMMANDS, PROJECT_NAME_EVENTS
+from schemas.registry import Registry
+from schemas.tasks import TASK_COMMANDS, TASK_EVENTS
+from schemas.users import USER_COMMANDS, USER_EVENTS
+
+EVENTS: tuple[type[DomainEvent], ...] = USER_EVENTS + PROJECT_EVENTS + PROJECT_NAME_EVENTS + TASK_EVENTS
+COMMANDS: tuple[type[Command], ...] = USER_COMMANDS + PROJECT_COMMANDS + PROJECT_NAME_COMMANDS + TASK_COMMANDS
+
+COMMANDS_BY_TYPE: dict[str, type[Command]] = {cls.TYPE: cls for cls in COMMANDS}
+if len(COMMANDS_BY_TYPE) != len(COMMANDS):
+    raise ValueError("two command classes share a TYPE")
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The registry of every event type (no upcasters yet: everything is at version 1)."""
+    return Registry.of(EVENTS)

@@ -1,0 +1,154 @@
+"""Task events and commands: the lifecycle of one asynchronous unit of work.
+
+Statuses (see ``commands.task`` for the rules): ``queued`` -> ``running`` ->
+``succeeded`` | ``failed`` | back to ``queued`` for a retry; ``cancelled`` from
+``queued`` or ``running``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, ClassVar, Literal, TypeAlias
+
+from pydantic import Field, JsonValue, StringConstraints, field_validator
+
+from schemas.base import Command, DomainEvent
+
+TaskStatus: TypeAlias = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TASK_STATUSES: tuple[TaskStatus, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed", "cancelled"})
+
+MAX_ATTEMPTS_LIMIT = 20
+MAX_TIMEOUT_SECONDS = 86_400
+MAX_PAYLOAD_BYTES = 64 * 1024  # checked on the command only, so stored events always decode
+
+TaskKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+Priority = Annotated[int, Field(ge=0, le=9, description="0 is the lowest, 9 the highest")]
+MaxAttempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+TimeoutSeconds = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_SECONDS)]
+Attempt = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_LIMIT)]
+WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ResultRef = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Summary = Annotated[str, StringConstraints(max_length=2000)]
+ErrorText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+Reason = Annotated[str, StringConstraints(max_length=500)]
+Payload = dict[str, JsonValue]
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+class TaskSubmitted(DomainEvent):
+    TYPE: ClassVar[str] = "task.submitted"
+
+    task_id: uuid.UUID
+    project_id: uuid.UUID
+    kind: TaskKind
+    payload: Payload
+    priority: Priority
+    max_attempts: MaxAttempts
+    timeout_seconds: TimeoutSeconds
+
+
+class TaskStarted(DomainEvent):
+    TYPE: ClassVar[str] = "task.started"
+
+    task_id: uuid.UUID
+    worker_id: WorkerId
+    attempt: Attempt
+
+
+class TaskSucceeded(DomainEvent):
+    TYPE: ClassVar[str] = "task.succeeded"
+
+    task_id: uuid.UUID
+    attempt: Attempt
+    result_ref: ResultRef | None = None
+    summary: Summary = ""
+
+
+class TaskFailed(DomainEvent):
+    """``retry_scheduled`` tells whether the task went back to ``queued`` or is finally failed."""
+
+    TYPE: ClassVar[str] = "task.failed"
+
+    task_id: uuid.UUID
+    attempt: Attempt
+    error: ErrorText
+    retry_scheduled: bool
+
+
+class TaskCancelled(DomainEvent):
+    TYPE: ClassVar[str] = "task.cancelled"
+
+    task_id: uuid.UUID
+    reason: Reason = ""
+
+
+TaskEvent: TypeAlias = TaskSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskCancelled
+TASK_EVENTS: tuple[type[DomainEvent], ...] = (TaskSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskCancelled)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+class SubmitTask(Command):
+    TYPE: ClassVar[str] = "task.submit"
+
+    task_id: uuid.UUID
+    project_id: uuid.UUID
+    kind: TaskKind
+    payload: Payload = Field(default_factory=dict)
+    priority: Priority = 5
+    max_attempts: MaxAttempts = 3
+    timeout_seconds: TimeoutSeconds = 300
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_size(cls, payload: Payload) -> Payload:
+        size = len(json.dumps(payload, separators=(",", ":")).encode())
+        if size > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload is {size} bytes, more than {MAX_PAYLOAD_BYTES}")
+        return payload
+
+
+class StartTask(Command):
+    """A worker claims the task for attempt ``attempt`` (1 for the first run)."""
+
+    TYPE: ClassVar[str] = "task.start"
+
+    task_id: uuid.UUID
+    worker_id: WorkerId
+    attempt: Attempt
+
+
+class SucceedTask(Command):
+    TYPE: ClassVar[str] = "task.succeed"
+
+    task_id: uuid.UUID
+    attempt: Attempt
+    result_ref: ResultRef | None = None
+    summary: Summary = ""
+
+
+class FailTask(Command):
+    """Report a failed attempt. ``retryable=False`` fails the task without a retry."""
+
+    TYPE: ClassVar[str] = "task.fail"
+
+    task_id: uuid.UUID
+    attempt: Attempt
+    error: ErrorText
+    retryable: bool = True
+
+
+class CancelTask(Command):
+    TYPE: ClassVar[str] = "task.cancel"
+
+    task_id: uuid.UUID
+    reason: Reason = ""
+
+
+TaskCommand: TypeAlias = SubmitTask | StartTask | SucceedTask | FailTask | CancelTask
+TASK_COMMANDS: tuple[type[Command], ...] = (SubmitTask, StartTask, SucceedTask, FailTask, CancelTask)

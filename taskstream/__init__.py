@@ -1,0 +1,1 @@
+"""The composition root: settings, CLI, the embedded dev stack, wiring."""

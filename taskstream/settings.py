@@ -1,0 +1,111 @@
+"""One frozen settings object, built from the environment in each entry point and passed down.
+
+Tests build ``Settings`` directly. Secrets have no usable defaults outside the dev stack: the
+gateway refuses to start without a JWT key unless ``dev_mode`` is set by ``taskstream dev``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+JwtAlgorithm = Literal["HS256", "RS256"]
+BlobBackend = Literal["local", "s3"]
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a usable configuration."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = "events."
+    kafka_client_id: str = "taskstream"
+
+    blob_backend: BlobBackend = "local"
+    blob_dir: Path = Path(".taskstream/blobs")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "taskstream"
+    s3_region: str = "us-east-1"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_body_bytes: int = 1_048_576
+    rate_limit_per_minute: int = 600
+
+    jwt_algorithm: JwtAlgorithm = "HS256"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str = "taskstream"
+    jwt_audience: str = "taskstream-api"
+    jwt_ttl_seconds: int = 3600
+
+    relay_batch_size: int = 500
+    relay_checkpoint_name: str = "relay"
+    command_retries: int = 3
+    dev_mode: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL")
+        if not database_url and "database_url" not in overrides:
+            raise SettingsError("DATABASE_URL is not set")
+        values: dict[str, object] = {"database_url": database_url}
+        casts: dict[str, tuple[str, type | object]] = {
+            "redis_url": ("REDIS_URL", str),
+            "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", str),
+            "kafka_topic_prefix": ("KAFKA_TOPIC_PREFIX", str),
+            "blob_backend": ("BLOB_BACKEND", _choice("local", "s3")),
+            "blob_dir": ("BLOB_DIR", Path),
+            "s3_endpoint_url": ("S3_ENDPOINT_URL", str),
+            "s3_bucket": ("S3_BUCKET", str),
+            "s3_region": ("S3_REGION", str),
+            "http_host": ("HTTP_HOST", str),
+            "http_port": ("HTTP_PORT", int),
+            "max_body_bytes": ("MAX_BODY_BYTES", int),
+            "rate_limit_per_minute": ("RATE_LIMIT_PER_MINUTE", int),
+            "jwt_algorithm": ("JWT_ALGORITHM", _choice("HS256", "RS256")),
+            "jwt_secret": ("JWT_SECRET", str),
+            "jwt_private_key_file": ("JWT_PRIVATE_KEY_FILE", Path),
+            "jwt_public_key_file": ("JWT_PUBLIC_KEY_FILE", Path),
+            "jwt_jwks_url": ("JWT_JWKS_URL", str),
+            "jwt_issuer": ("JWT_ISSUER", str),
+            "jwt_audience": ("JWT_AUDIENCE", str),
+            "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
+            "relay_batch_size": ("RELAY_BATCH_SIZE", int),
+            "command_retries": ("COMMAND_RETRIES", int),
+        }
+        for name, (var, cast) in casts.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = cast(raw)  # type: ignore[operator]
+            except ValueError as exc:
+                raise SettingsError(f"{var}={raw!r}: {exc}") from None
+        if env.get("S3_ENDPOINT_URL") and "BLOB_BACKEND" not in env:
+            values["blob_backend"] = "s3"
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def topic_for(self, category: str) -> str:
+        """Topic per category: ``events.user``, ``events.project``, ``events.task``."""
+        return f"{self.kafka_topic_prefix}{category}"
+
+
+def _choice(*allowed: str):  # noqa: ANN202 - a small cast factory
+    def cast(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return raw
+
+    return cast

@@ -1,0 +1,119 @@
+"""Real servers for the integration and end-to-end tests, started once per session.
+
+Each server runs on a free port on 127.0.0.1 and is stopped at the end of the session. Set
+TEST_DATABASE_URL, TEST_REDIS_URL, TEST_KAFKA_BOOTSTRAP_SERVERS or TEST_S3_ENDPOINT_URL to
+use an external server instead. Tests make their own unique ids, so nothing needs cleaning.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from taskstream import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: its base folder is private to root, the PostgreSQL user must traverse it.
+    path = Path(tempfile.mkdtemp(prefix="taskstream-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_dir: Path) -> Iterator[str]:
+    from taskstream.migrate import upgrade
+
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        upgrade(external)
+        yield external
+        return
+    server = embedded.start_postgres(server_dir / "pg", embedded.free_port(), fsync=False)
+    try:
+        upgrade(server.url)
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_dir: Path) -> Iterator[str]:
+    external = os.environ.get("TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = embedded.start_valkey(server_dir / "valkey", embedded.free_port())
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(server_dir: Path) -> Iterator[str]:
+    external = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    server = embedded.start_tansu(server_dir / "tansu", embedded.free_port())
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_bootstrap(server_dir: Path) -> Iterator[str]:
+    from tests.support.apache_kafka import KafkaUnavailable, apache_kafka
+
+    try:
+        with apache_kafka(server_dir / "apache-kafka", ROOT / "tests" / "kafka" / ".cache") as bootstrap:
+            yield bootstrap
+    except KafkaUnavailable as exc:
+        pytest.skip(f"Apache Kafka leg skipped: {exc}")
+
+
+@pytest.fixture(scope="session", params=["tansu", "apache-kafka"])
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """Every test that touches the log runs against both brokers."""
+    if request.param == "tansu":
+        return str(request.getfixturevalue("tansu_bootstrap"))
+    return str(request.getfixturevalue("apache_kafka_bootstrap"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(server_dir: Path) -> Iterator[str]:
+    external = os.environ.get("TEST_S3_ENDPOINT_URL")
+    if external:
+        yield external
+        return
+    server = embedded.start_moto(server_dir / "moto", embedded.free_port())
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def store(database_url: str) -> AsyncIterator[object]:
+    from event_store.postgres import PostgresEventStore
+
+    s = await PostgresEventStore.connect(database_url, max_size=20)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix so tests sharing servers never collide."""
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,164 @@
+"""No tailing reader ever skips an event, although PostgreSQL commits out of sequence order.
+
+The torture test runs many writers on their own connections (not through the store's group
+commit, so the database-side mechanism is what is tested), with random delays inside their
+transactions and random rollbacks, while a reader tails ``read_all``. The reader must see
+exactly the committed set, in increasing position order, with no duplicates.
+
+The deterministic tests below show the race itself: on a table without the append lock a reader
+does skip an event; on ``events`` the same interleaving cannot happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from event_store.errors import WrongExpectedVersion
+from event_store.postgres import PostgresEventStore
+from schemas.envelope import NO_STREAM, NewEvent
+
+INSERT = (
+    "INSERT INTO events (stream_id, version, event_id, type, data) VALUES (%s, %s, %s, 'torture.event', %s::jsonb)"
+)
+
+
+async def test_tailing_reader_sees_exactly_the_committed_events(store: PostgresEventStore, database_url: str) -> None:
+    run = uuid.uuid4().hex
+    start = await store.head_position()
+    committed: set[uuid.UUID] = set()
+    rolled_back: set[uuid.UUID] = set()
+    writers_done = asyncio.Event()
+    rng = random.Random(run)
+
+    async def writer(wid: int) -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            for txn in range(25):
+                stream = f"torture-{run}-{wid}-{txn}"
+                ids = [uuid.uuid4() for _ in range(rng.randint(1, 3))]
+                rollback = rng.random() < 0.2
+                try:
+                    async with conn.transaction():
+                        await asyncio.sleep(rng.random() * 0.004)
+                        for version, event_id in enumerate(ids, start=1):
+                            await conn.execute(INSERT, (stream, version, event_id, json.dumps({"run": run})))
+                        await asyncio.sleep(rng.random() * 0.004)
+                        if rollback:
+                            raise psycopg.Rollback
+                except psycopg.Rollback:
+                    pass
+                (rolled_back if rollback else committed).update(ids)
+
+    seen: list[tuple[int, uuid.UUID]] = []
+
+    async def reader() -> None:
+        position = start
+        while True:
+            finished = writers_done.is_set()
+            batch = await store.read_all(position, 200)
+            if batch:
+                position = batch[-1].global_position
+                seen.extend((e.global_position, e.id) for e in batch if e.stream.startswith(f"torture-{run}-"))
+            elif finished:
+                return  # writers were done before this empty read: the reader has caught up
+            else:
+                await asyncio.sleep(0.001)
+
+    read = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(w) for w in range(16)))
+    writers_done.set()
+    await asyncio.wait_for(read, timeout=60)
+
+    positions = [p for p, _ in seen]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    ids = [i for _, i in seen]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    assert set(ids) == committed, f"missed {len(committed - set(ids))}, extra {len(set(ids) - committed)}"
+    assert not set(ids) & rolled_back
+    assert len(committed) > 100 and rolled_back  # the run really exercised both paths
+
+
+async def _interleave(database_url: str, table: str, run: str) -> tuple[list[int], list[int]]:
+    """Writer A inserts first but commits last; B inserts after A and commits first. A reader
+    that reads between the two commits and then tails from there: what does it see?"""
+    insert = f"INSERT INTO {table} (stream_id, version, event_id, type, data) VALUES (%s, 1, %s, 'race', '{{}}') RETURNING global_position"
+    async with (
+        await psycopg.AsyncConnection.connect(database_url) as a,
+        await psycopg.AsyncConnection.connect(database_url) as b,
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as r,
+    ):
+        cur = await r.execute(f"SELECT COALESCE(max(global_position), 0) FROM {table}")
+        start = (await cur.fetchone())[0]  # type: ignore[index]
+        cur = await a.execute(insert, (f"race-{run}-a", uuid.uuid4()))
+        pos_a = (await cur.fetchone())[0]  # type: ignore[index]
+        b_insert = asyncio.create_task(b.execute(insert, (f"race-{run}-b", uuid.uuid4())))
+        done, _ = await asyncio.wait({b_insert}, timeout=0.5)
+        if done:  # no lock: B got its position and commits before A
+            pos_b = (await b_insert.result().fetchone())[0]  # type: ignore[index]
+            await b.commit()
+        query = f"SELECT global_position FROM {table} WHERE global_position > %s AND stream_id LIKE %s ORDER BY 1"
+        cur = await r.execute(query, (start, f"race-{run}-%"))
+        first_read = [row[0] for row in await cur.fetchall()]
+        tail_from = max(first_read, default=start)
+        await a.commit()
+        if not done:  # with the lock, B waited for A and only now gets its position
+            pos_b = (await (await b_insert).fetchone())[0]  # type: ignore[index]
+            await b.commit()
+        cur = await r.execute(query, (tail_from, f"race-{run}-%"))
+        second_read = [row[0] for row in await cur.fetchall()]
+        assert pos_a and pos_b
+        return first_read + second_read, sorted([pos_a, pos_b])
+
+
+async def test_without_the_append_lock_a_reader_skips_an_event(database_url: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    table = f"race_unlocked_{run}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            f"CREATE TABLE {table} (global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+            " stream_id text, version int, event_id uuid, type text, data jsonb)"
+        )
+        try:
+            seen, committed = await _interleave(database_url, table, run)
+        finally:
+            await conn.execute(f"DROP TABLE {table}")
+    assert seen != committed and len(seen) == 1, "the control should have shown the skipped event"
+
+
+async def test_with_the_append_lock_the_same_interleaving_skips_nothing(database_url: str) -> None:
+    seen, committed = await _interleave(database_url, "events", uuid.uuid4().hex[:8])
+    assert seen == committed
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writers=st.integers(min_value=2, max_value=12), existing=st.integers(min_value=0, max_value=3))
+async def test_concurrent_appends_at_the_same_version_exactly_one_wins(
+    store: PostgresEventStore, writers: int, existing: int
+) -> None:
+    stream = f"task-{uuid.uuid4()}"
+    if existing:
+        await store.append(stream, NO_STREAM, [NewEvent("seed", {}) for _ in range(existing)])
+    expected = existing if existing else NO_STREAM
+    outcomes = await asyncio.gather(
+        *(store.append(stream, expected, [NewEvent("race", {"w": w})]) for w in range(writers)), return_exceptions=True
+    )
+    assert sum(not isinstance(o, BaseException) for o in outcomes) == 1
+    assert all(isinstance(o, WrongExpectedVersion) for o in outcomes if isinstance(o, BaseException))
+    assert await store.stream_version(stream) == existing + 1
+
+
+@pytest.mark.parametrize("count", [1, 50])
+async def test_store_appends_land_in_commit_order(store: PostgresEventStore, count: int) -> None:
+    """Group-committed appends: positions within one stream follow versions."""
+    stream = f"task-{uuid.uuid4()}"
+    await asyncio.gather(*(store.append(stream, "any", [NewEvent("x", {"i": i})]) for i in range(count)))
+    events = await store.read_stream(stream)
+    assert [e.version for e in events] == list(range(1, count + 1))
+    assert [e.global_position for e in events] == sorted(e.global_position for e in events)
