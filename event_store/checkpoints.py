@@ -1,0 +1,35 @@
+"""Named positions in the global order, stored in PostgreSQL (relay, projections, replays)."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from event_store.errors import StoreUnavailable
+
+
+class Checkpoints:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def get(self, name: str) -> int:
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", (name,))
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot read checkpoint {name!r}: {type(exc).__name__}") from exc
+        return int(row[0]) if row else 0
+
+    async def set(self, name: str, position: int) -> None:
+        """Move forward only: a late or repeated write never moves a checkpoint back."""
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO checkpoints (name, position) VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET position = GREATEST(checkpoints.position, EXCLUDED.position),"
+                    " updated_at = now()",
+                    (name, position),
+                )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot write checkpoint {name!r}: {type(exc).__name__}") from exc

@@ -1,0 +1,149 @@
+"""The relay: tails the events table and publishes every event to the Kafka-compatible log.
+
+Topic per category (``events.task``), key = stream id, value = the event's JSON (the same form
+as the table), CloudEvents binary-mode headers plus the trace context. At least once: the
+checkpoint moves only after the broker acknowledged the whole batch (acks=all), so a crash or
+a broker failure re-publishes from the checkpoint, and consumers deduplicate by event id.
+
+The producer is not idempotent on purpose: aiokafka's idempotent producer does not work against
+tansu (see INFRA.md). Per-stream order holds because one stream maps to one partition and
+aiokafka keeps at most one batch in flight per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from event_store.checkpoints import Checkpoints
+from event_store.postgres import PostgresEventStore
+from schemas.envelope import CATEGORIES, RecordedEvent
+
+log = logging.getLogger("taskstream.relay")
+
+CE_SPECVERSION = b"1.0"
+
+
+class Producer(Protocol):
+    async def send(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., partition: int | None = ...,
+                   timestamp_ms: int | None = ..., headers: list[tuple[str, bytes]] | None = ...) -> asyncio.Future[Any]: ...  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    topic_prefix: str = "events."
+    checkpoint_name: str = "relay"
+    batch_size: int = 500
+    source: str = "urn:taskstream:event-store"
+    poll_interval: float = 1.0
+    retry_backoff: float = 0.5
+
+
+def topic_for(prefix: str, category: str) -> str:
+    return f"{prefix}{category}"
+
+
+def encode_value(event: RecordedEvent) -> bytes:
+    return json.dumps(event.to_json(), separators=(",", ":")).encode()
+
+
+def cloudevent_headers(event: RecordedEvent, source: str) -> list[tuple[str, bytes]]:
+    """CloudEvents 1.0 Kafka binding, binary mode: attributes as ``ce_`` headers."""
+    headers = [
+        ("ce_specversion", CE_SPECVERSION),
+        ("ce_id", str(event.id).encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_subject", event.stream.encode()),
+        ("ce_time", event.recorded_at.isoformat().encode()),
+        ("ce_dataschemaversion", str(event.schema_version).encode()),
+        ("ce_sequence", str(event.global_position).encode()),
+        ("content-type", b"application/json"),
+    ]
+    for key in ("traceparent", "tracestate"):
+        value = event.metadata.get(key)
+        if value:
+            headers.append((key, str(value).encode()))
+    return headers
+
+
+LagObserver = Callable[[Sequence[RecordedEvent], float], None]
+
+
+class Relay:
+    def __init__(
+        self,
+        store: PostgresEventStore,
+        checkpoints: Checkpoints,
+        producer: Producer,
+        config: RelayConfig = RelayConfig(),
+        *,
+        ensure_topics: Callable[[Iterable[str]], Any] | None = None,
+        observe: LagObserver | None = None,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpoints
+        self._producer = producer
+        self._config = config
+        self._ensure_topics = ensure_topics
+        self._observe = observe
+        self._known_topics: set[str] = set()
+        self.position = 0
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Publish until ``stop`` is set. Failures are retried from the stored checkpoint."""
+        stop = stop or asyncio.Event()
+        await self._topics([topic_for(self._config.topic_prefix, c) for c in CATEGORIES])
+        while not stop.is_set():
+            worker = asyncio.create_task(self._publish_from_checkpoint())
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (worker, stopper):
+                if task not in done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if worker in done and (exc := worker.exception()) is not None:
+                log.warning("relay failed at position %d, retrying from the checkpoint: %r", self.position, exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._config.retry_backoff)
+
+    async def _publish_from_checkpoint(self) -> None:
+        self.position = await self._checkpoints.get(self._config.checkpoint_name)
+        log.info("relay publishing from position %d", self.position)
+        subscription = self._store.subscribe(self.position, self._config.batch_size, poll_interval=self._config.poll_interval)
+        async with contextlib.aclosing(subscription):
+            async for batch in subscription:
+                await self.publish(batch)
+                await self._checkpoints.set(self._config.checkpoint_name, batch[-1].global_position)
+                self.position = batch[-1].global_position
+
+    async def publish(self, batch: Sequence[RecordedEvent]) -> None:
+        """Send a batch and wait until the broker acknowledged every record."""
+        topics = {topic_for(self._config.topic_prefix, e.category) for e in batch}
+        await self._topics(topics - self._known_topics)
+        acks = [
+            await self._producer.send(
+                topic_for(self._config.topic_prefix, event.category),
+                value=encode_value(event),
+                key=event.stream.encode(),
+                timestamp_ms=int(event.recorded_at.timestamp() * 1000),
+                headers=cloudevent_headers(event, self._config.source),
+            )
+            for event in batch
+        ]
+        await asyncio.gather(*acks)
+        if self._observe is not None:
+            self._observe(batch, time.time())
+
+    async def _topics(self, topics: Iterable[str]) -> None:
+        missing = [t for t in topics if t not in self._known_topics]
+        if missing and self._ensure_topics is not None:
+            await self._ensure_topics(missing)
+        self._known_topics.update(missing)
