@@ -18,6 +18,7 @@ import base64
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -81,6 +82,7 @@ class KafkaUnavailable(RuntimeError):
 
 
 def _tail(text: str, lines: int = 40) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Debian's mvn colours even with -B
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
@@ -128,7 +130,7 @@ def fetch_jars(cache_dir: Path, pom: Path = POM) -> Path:
         tmp = cache_dir / f"libs.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = [
-            mvn, "-B", "-q", "-f", str(pom),
+            mvn, "-B", "-q", "-U", "-f", str(pom),  # -U: retry cached download failures
             "dependency:copy-dependencies",
             f"-DoutputDirectory={tmp}",
             "-DincludeScope=runtime",
@@ -218,17 +220,17 @@ def _broker_ready(port: int, timeout: float = 2.0) -> bool:
             sock.sendall(struct.pack(">i", len(request)) + request)
             (size,) = struct.unpack(">i", _recv_exact(sock, 4))
             data = _recv_exact(sock, size)
-    except OSError:
+        correlation_id, n_brokers = struct.unpack_from(">ii", data, 0)
+        offset, brokers = 8, list[tuple[int, int]]()
+        for _ in range(n_brokers):
+            node_id, host_len = struct.unpack_from(">ih", data, offset)
+            offset += 6 + host_len
+            broker_port, rack_len = struct.unpack_from(">ih", data, offset)
+            offset += 6 + max(rack_len, 0)
+            brokers.append((node_id, broker_port))
+        (controller_id,) = struct.unpack_from(">i", data, offset)
+    except (OSError, struct.error):
         return False
-    correlation_id, n_brokers = struct.unpack_from(">ii", data, 0)
-    offset, brokers = 8, []
-    for _ in range(n_brokers):
-        node_id, host_len = struct.unpack_from(">ih", data, offset)
-        offset += 6 + host_len
-        broker_port, rack_len = struct.unpack_from(">ih", data, offset)
-        offset += 6 + max(rack_len, 0)
-        brokers.append((node_id, broker_port))
-    (controller_id,) = struct.unpack_from(">i", data, offset)
     return correlation_id == 7 and (NODE_ID, port) in brokers and controller_id >= 0
 
 
