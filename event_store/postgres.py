@@ -179,96 +179,29 @@ class PostgresEventStore:
         return outcomes
 
     async def _commit(self, batch: list[_Append]) -> list[AppendResult | Exception]:
+        """One transaction, two round trips (pipeline mode): lock and read, then write and commit."""
         streams = sorted({a.stream for a in batch})
         keys = sorted({a.key for a in batch if a.key is not None})
-        async with self._pool.connection() as conn, conn.transaction():
-            # READ COMMITTED: each statement below sees everything committed before the lock.
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
-            cur = await conn.execute(
-                "SELECT s.stream_id, COALESCE((SELECT e.version FROM events e WHERE e.stream_id = s.stream_id"
-                " ORDER BY e.version DESC LIMIT 1), 0) FROM unnest(%s::text[]) AS s(stream_id)",
-                (streams,),
-            )
-            versions: dict[str, int] = {row[0]: row[1] for row in await cur.fetchall()}
-            known: dict[str, tuple[str, dict[str, Any]]] = {}
-            if keys:
-                cur = await conn.execute(
-                    "SELECT key, fingerprint, result FROM idempotency_keys WHERE key = ANY(%s)", (keys,)
-                )
-                known = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
-
-            outcomes: list[AppendResult | Exception | None] = [None] * len(batch)
-            rows: list[tuple[str, int, uuid.UUID, str, int, str, str]] = []
-            accepted: list[tuple[int, _Append, int, int]] = []  # (index, append, first version, new version)
-            batch_keys: dict[str, tuple[str, int]] = {}  # key -> (fingerprint, index) decided in this batch
-            replays: dict[int, int] = {}  # index -> index of the earlier append with the same key and request
-            for index, append in enumerate(batch):
-                if append.key is not None:
-                    if append.key in known:
-                        fingerprint, result = known[append.key]
-                        outcomes[index] = (
-                            AppendResult.from_json(result, replayed=True)
-                            if fingerprint == append.fingerprint
-                            else IdempotencyKeyReused(append.key)
-                        )
-                        continue
-                    if append.key in batch_keys:
-                        fingerprint, first = batch_keys[append.key]
-                        if fingerprint == append.fingerprint:
-                            replays[index] = first
-                        else:
-                            outcomes[index] = IdempotencyKeyReused(append.key)
-                        continue
-                current = versions.get(append.stream, 0)
-                if not _matches(append.expected, current):
-                    outcomes[index] = WrongExpectedVersion(append.stream, append.expected, current)
-                    continue
-                new_version = current + len(append.events)
-                versions[append.stream] = new_version
-                meta = json.dumps(append.metadata)
-                for offset, event in enumerate(append.events, start=1):
-                    rows.append((append.stream, current + offset, event.id, event.type, event.schema_version,
-                                 json.dumps(event.data), meta))  # fmt: skip
-                accepted.append((index, append, current + 1, new_version))
-                if append.key is not None:
-                    batch_keys[append.key] = (append.fingerprint or "", index)
-
-            positions: dict[uuid.UUID, int] = {}
-            if rows:
-                cur = await conn.execute(
-                    "INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)"
-                    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data::jsonb, r.metadata::jsonb"
-                    " FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[])"
-                    " WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)"
-                    " ORDER BY r.ord RETURNING event_id, global_position",
-                    [list(column) for column in zip(*rows, strict=True)],
-                )
-                positions = {row[0]: row[1] for row in await cur.fetchall()}
-            key_rows: list[tuple[str, str, str, str]] = []
-            for index, append, _first, new_version in accepted:
-                ids = tuple(e.id for e in append.events)
-                result = AppendResult(
-                    stream=append.stream,
-                    version=new_version,
-                    first_position=positions[ids[0]] if ids else None,
-                    last_position=positions[ids[-1]] if ids else None,
-                    event_ids=ids,
-                )
-                outcomes[index] = result
-                if append.key is not None:
-                    key_rows.append((append.key, append.fingerprint or "", append.stream, json.dumps(result.to_json())))
-            if key_rows:
-                await conn.cursor().executemany(
-                    "INSERT INTO idempotency_keys (key, fingerprint, stream_id, result) VALUES (%s, %s, %s, %s::jsonb)",
-                    key_rows,
-                )
-            if rows and self._notify:
-                await conn.execute(sql.SQL("SELECT pg_notify({}, %s)").format(sql.Literal(NOTIFY_CHANNEL)), (str(max(positions.values())),))
-        # Same key twice in one batch with the same request: the later one replays the first.
-        for index, first in replays.items():
-            original = outcomes[first]
-            outcomes[index] = AppendResult.from_json(original.to_json(), replayed=True) if isinstance(original, AppendResult) else original
-        return outcomes  # type: ignore[return-value]
+        async with self._pool.connection() as conn:
+            async with conn.pipeline():
+                # READ COMMITTED: each statement after the lock sees everything committed before it.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+                versions_cur = await conn.execute(_STREAM_VERSIONS, (streams,))
+                keys_cur = await conn.execute(_KNOWN_KEYS, (keys,)) if keys else None
+                versions = {row[0]: row[1] for row in await versions_cur.fetchall()}
+                known = {row[0]: (row[1], row[2]) for row in await keys_cur.fetchall()} if keys_cur else {}
+                plan = _plan(batch, versions, known)
+                insert_cur = await conn.execute(_INSERT, [list(c) for c in zip(*plan.rows, strict=True)]) if plan.rows else None
+                if plan.key_rows:
+                    await conn.cursor().executemany(_INSERT_KEY, plan.key_rows)
+                if plan.rows and self._notify:
+                    await conn.execute(_NOTIFY, (NOTIFY_CHANNEL,))
+                replay_cur = await conn.execute(_POSITIONS, (plan.replayed_ids,)) if plan.replayed_ids else None
+                await conn.commit()
+                positions = {row[0]: row[1] for row in await insert_cur.fetchall()} if insert_cur else {}
+                if replay_cur is not None:
+                    positions.update({row[0]: row[1] for row in await replay_cur.fetchall()})
+        return plan.outcomes(positions)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -339,3 +272,88 @@ def _matches(expected: ExpectedVersion, current: int) -> bool:
     if expected == NO_STREAM:
         return current == 0
     return expected == current
+
+
+_STREAM_VERSIONS = (
+    "SELECT s.stream_id, COALESCE((SELECT e.version FROM events e WHERE e.stream_id = s.stream_id"
+    " ORDER BY e.version DESC LIMIT 1), 0) FROM unnest(%s::text[]) AS s(stream_id)"
+)
+_KNOWN_KEYS = "SELECT key, fingerprint, result FROM idempotency_keys WHERE key = ANY(%s)"
+_INSERT = (
+    "INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)"
+    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data::jsonb, r.metadata::jsonb"
+    " FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[])"
+    " WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)"
+    " ORDER BY r.ord RETURNING event_id, global_position"
+)
+_INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, stream_id, result) VALUES (%s, %s, %s, %s::jsonb)"
+_NOTIFY = "SELECT pg_notify(%s, '')"
+_POSITIONS = "SELECT event_id, global_position FROM events WHERE event_id = ANY(%s)"
+
+_Row = tuple[str, int, uuid.UUID, str, int, str, str]
+
+
+@dataclass
+class _Plan:
+    """What a batch does, decided in memory under the lock from the versions read under it.
+
+    Idempotency keys store the stream, the new version and the event ids; positions are looked
+    up when a key is replayed, so the key rows need no second round trip."""
+
+    outcome: list[tuple[str, Any]] = field(default_factory=list)  # per append: (kind, value)
+    rows: list[_Row] = field(default_factory=list)
+    key_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
+    replayed_ids: list[uuid.UUID] = field(default_factory=list)
+
+    def outcomes(self, positions: dict[uuid.UUID, int]) -> list[AppendResult | Exception]:
+        results: list[AppendResult | Exception] = []
+        for kind, value in self.outcome:
+            if kind == "error":
+                results.append(value)
+                continue
+            stream, version, ids = value
+            results.append(
+                AppendResult(
+                    stream=stream,
+                    version=version,
+                    first_position=positions[ids[0]] if ids else None,
+                    last_position=positions[ids[-1]] if ids else None,
+                    event_ids=ids,
+                    replayed=kind == "replay",
+                )
+            )
+        return results
+
+
+def _plan(batch: Sequence[_Append], versions: dict[str, int], known: dict[str, tuple[str, dict[str, Any]]]) -> _Plan:
+    plan = _Plan()
+    decided: dict[str, tuple[str, tuple[str, int, tuple[uuid.UUID, ...]]]] = {
+        key: (fingerprint, (r["stream"], int(r["version"]), tuple(uuid.UUID(i) for i in r["event_ids"])))
+        for key, (fingerprint, r) in known.items()
+    }
+    for append in batch:
+        if append.key is not None and append.key in decided:
+            fingerprint, original = decided[append.key]
+            if fingerprint != append.fingerprint:
+                plan.outcome.append(("error", IdempotencyKeyReused(append.key)))
+            else:
+                plan.outcome.append(("replay", original))
+                plan.replayed_ids.extend(original[2])
+            continue
+        current = versions.get(append.stream, 0)
+        if not _matches(append.expected, current):
+            plan.outcome.append(("error", WrongExpectedVersion(append.stream, append.expected, current)))
+            continue
+        new_version = current + len(append.events)
+        versions[append.stream] = new_version
+        meta = json.dumps(append.metadata)
+        for offset, event in enumerate(append.events, start=1):
+            plan.rows.append((append.stream, current + offset, event.id, event.type, event.schema_version, json.dumps(event.data), meta))
+        result = (append.stream, new_version, tuple(e.id for e in append.events))
+        plan.outcome.append(("new", result))
+        if append.key is not None:
+            fingerprint = append.fingerprint or ""
+            decided[append.key] = (fingerprint, result)
+            body = {"stream": result[0], "version": result[1], "event_ids": [str(i) for i in result[2]]}
+            plan.key_rows.append((append.key, fingerprint, append.stream, json.dumps(body)))
+    return plan
