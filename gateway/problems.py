@@ -2,11 +2,14 @@
 
 Domain errors need not be known here. Any exception with ``slug: str``, ``title: str`` and
 ``status: int`` (400-599) becomes a problem of that status, typed
-``https://taskstream.dev/problems/<slug>``. Optionally it may have ``detail`` (str), an
-``extensions()`` method returning extra members, and a ``headers()`` method returning response
-headers (``WWW-Authenticate``, ``Retry-After``). Without ``detail``, a 4xx error's ``str()`` is the
+``https://taskstream.dev/problems/<slug>``. Optionally it may have ``detail`` (str),
+``extensions`` (extra members) and ``headers`` (``WWW-Authenticate``, ``Retry-After``), each a
+mapping or a method returning one. Without ``detail``, a 4xx error's ``str()`` is the
 detail; a 5xx error's text is never shown. Anything else is a 500 with a generic detail and a
 ``trace_id``, logged with the same id; the exception text and stack trace stay in the log.
+
+Wire it with ``install_problem_handlers(app)``, or ``Starlette(exception_handlers=
+exception_handlers(), middleware=[Middleware(ProblemMiddleware), ...])``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ExceptionHandler
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://taskstream.dev/problems/"
@@ -131,9 +134,10 @@ def conflict(
 
 
 def content_too_large(max_bytes: int | None = None) -> ProblemResponse:
-    extensions = {} if max_bytes is None else {"max_bytes": max_bytes}
-    detail = None if max_bytes is None else f"The request body exceeds {max_bytes} bytes."
-    return problem(413, "Content Too Large", detail, "content-too-large", **extensions)
+    if max_bytes is None:
+        return problem(413, "Content Too Large", None, "content-too-large")
+    detail = f"The request body exceeds {max_bytes} bytes."
+    return problem(413, "Content Too Large", detail, "content-too-large", max_bytes=max_bytes)
 
 
 def unsupported_media_type(content_type: str | None, supported: Sequence[str]) -> ProblemResponse:
@@ -226,9 +230,8 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
     return problem(status, title, detail, headers=headers)
 
 
-async def _any_error(request: Request, exc: Exception) -> Response:
-    if request.scope["type"] != "http":
-        raise exc
+def problem_for(request: Request, exc: Exception) -> Response:
+    """The response for any exception; an unexpected one is logged with its trace id."""
     if isinstance(exc, HTTPException):
         return _http_problem(request, exc)
     if isinstance(exc, ValidationError):
@@ -248,31 +251,59 @@ async def _any_error(request: Request, exc: Exception) -> Response:
     return internal_error(trace_id)
 
 
-def exception_handlers() -> dict[Any, ExceptionHandler]:
-    """Handlers for ``Starlette(exception_handlers=...)``.
-
-    Starlette gives the ``Exception`` handler to ``ServerErrorMiddleware``, which re-raises after
-    responding, so every 409 would also be logged as a server crash. Keying the catch-all on
-    ``BaseException`` keeps it in ``ExceptionMiddleware`` (the MRO lookup matches every error a
-    route raises): contract errors are answered quietly, unexpected ones logged once with the
-    trace id. The ``Exception`` entry still answers errors raised by middleware outside it.
+class ProblemMiddleware:
+    """Answers what escapes the routes: contract errors and ``ValidationError`` quietly, anything
+    else as a logged 500. Starlette's own ``Exception`` handler cannot do this: it runs in
+    ``ServerErrorMiddleware``, which re-raises after responding, so the server would log every
+    409 as a crash. Errors after the response started are re-raised: nothing can be sent then.
     """
-    return {
-        HTTPException: _any_error,
-        ValidationError: _any_error,
-        BaseException: _any_error,
-        Exception: _any_error,
-    }
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:
+                raise
+            await problem_for(Request(scope), exc)(scope, receive, send)
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return problem_for(request, exc)
+
+
+def exception_handlers() -> dict[Any, ExceptionHandler]:
+    """For ``Starlette(exception_handlers=...)``, with ``Middleware(ProblemMiddleware)`` in
+    ``middleware=``: HTTP exceptions (404, 405, 413 ...) and validation errors are answered in
+    ``ExceptionMiddleware``; ``Exception`` covers errors raised by other middleware."""
+    return {HTTPException: _handle, ValidationError: _handle, Exception: _handle}
 
 
 def install_problem_handlers(app: Starlette) -> None:
+    """Register the handlers and put ``ProblemMiddleware`` outermost among the app's middleware."""
     for key, handler in exception_handlers().items():
         app.add_exception_handler(key, handler)
+    app.add_middleware(ProblemMiddleware)
 
 
 def _call_mapping(exc: BaseException, name: str) -> dict[str, Any]:
-    method = getattr(exc, name, None)
-    return dict(method()) if callable(method) else {}
+    """``exc.<name>`` as a dict, whether a mapping attribute or a method returning one."""
+    value = getattr(exc, name, None)
+    if callable(value):
+        value = value()
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
 def _quote(value: str) -> str:

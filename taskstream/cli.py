@@ -1,0 +1,164 @@
+"""The ``taskstream`` command: one entry point per process of the system."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from taskstream.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    import os
+
+    return Settings.from_env(dev_mode=os.environ.get("TASKSTREAM_DEV_MODE") == "1")
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from taskstream.devstack import DevPorts, run
+
+    return run(Path(args.home), DevPorts.from_env())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from taskstream import migrate
+
+    settings = _settings()
+    if args.downgrade:
+        migrate.downgrade(settings.database_url, args.downgrade)
+    else:
+        migrate.upgrade(settings.database_url, args.revision)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from taskstream.wiring import build_gateway
+
+    settings = _settings()
+    app = build_gateway(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.http_host,
+        port=args.port or settings.http_port,
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_relay(_args: argparse.Namespace) -> int:
+    from taskstream.wiring import run_relay
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await run_relay(_settings(), stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from gateway.auth import build_auth
+
+    issuer, _ = build_auth(_settings())
+    if issuer is None:
+        print("taskstream token: this configuration verifies tokens but holds no signing key", file=sys.stderr)
+        return 2
+    print(issuer.issue(args.user, args.role, ttl_seconds=args.ttl))
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Print events in global order as JSON lines, from a position; --follow keeps tailing."""
+    from event_store.postgres import PostgresEventStore
+
+    async def main() -> None:
+        store = await PostgresEventStore.connect(_settings().database_url, min_size=1, max_size=2)
+        stop = asyncio.Event()
+        _install_stop(stop)
+        try:
+            if not args.follow:
+                position = args.after
+                while batch := await store.read_all(position, 1000):
+                    for event in batch:
+                        print(json.dumps(event.to_json()), flush=True)
+                    position = batch[-1].global_position
+                return
+            subscription = store.subscribe(args.after)
+            async with contextlib.aclosing(subscription):
+                async for batch in subscription:
+                    for event in batch:
+                        print(json.dumps(event.to_json()), flush=True)
+                    if stop.is_set():
+                        return
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_later(args: argparse.Namespace) -> int:
+    print(f"taskstream {args.command}: not built yet (projections and workers come in later issues)", file=sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskstream", description="An event-sourced CQRS backend for tasks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything on embedded servers")
+    dev.add_argument("--home", default=".taskstream", help="where the embedded servers keep their data")
+    dev.set_defaults(func=cmd_dev)
+    mig = sub.add_parser("migrate", help="upgrade (or downgrade) the database schema")
+    mig.add_argument("--revision", default="head")
+    mig.add_argument("--downgrade", metavar="REVISION")
+    mig.set_defaults(func=cmd_migrate)
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-*")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("relay", help="publish stored events to Kafka").set_defaults(func=cmd_relay)
+    token = sub.add_parser("token", help="mint an access token (dev stack)")
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", required=True, choices=["admin", "member", "analyst"])
+    token.add_argument("--ttl", type=int, default=3600)
+    token.set_defaults(func=cmd_token)
+    tail = sub.add_parser("tail", help="print stored events as JSON lines")
+    tail.add_argument("--after", type=int, default=0, help="global position to start after")
+    tail.add_argument("--follow", action="store_true")
+    tail.set_defaults(func=cmd_tail)
+    for later in ("project", "work", "replay"):
+        sub.add_parser(later, help="(not built yet)").set_defaults(func=cmd_later)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"taskstream {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

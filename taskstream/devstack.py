@@ -1,0 +1,132 @@
+"""``taskstream dev``: the whole system on embedded real servers, in one foreground command.
+
+Starts PostgreSQL, Valkey and tansu from their wheels (data under one project-local folder, so
+a restart keeps the events), runs the migrations, then the gateway and the relay as child
+processes. Ctrl-C, SIGTERM or the death of any child stops everything it started, in reverse
+order; children also carry a parent-death signal, so a crash of this process leaves nothing.
+tansu keeps its log in memory: after a restart the relay republishes from the events table.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from taskstream import embedded
+from taskstream.migrate import upgrade
+from taskstream.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class DevPorts:
+    http: int = 8000
+    postgres: int = 55432
+    redis: int = 56379
+    kafka: int = 59092
+
+    @classmethod
+    def from_env(cls) -> DevPorts:
+        def port(var: str, default: int) -> int:
+            return int(os.environ.get(var, default))
+
+        return cls(
+            http=port("TASKSTREAM_HTTP_PORT", cls.http),
+            postgres=port("TASKSTREAM_PG_PORT", cls.postgres),
+            redis=port("TASKSTREAM_REDIS_PORT", cls.redis),
+            kafka=port("TASKSTREAM_KAFKA_PORT", cls.kafka),
+        )
+
+
+def dev_secret(home: Path) -> str:
+    """The dev stack's JWT secret: generated once, kept so tokens survive a restart."""
+    path = home / "jwt-secret"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+DEV_ADMIN_ID = "00000000-0000-4000-8000-000000000001"
+
+
+class _Stop(Exception):
+    pass
+
+
+def run(home: Path, ports: DevPorts) -> int:
+    home = home.resolve()
+    for name, port in (("gateway", ports.http),):
+        embedded.ensure_port_free(name, port, "TASKSTREAM_HTTP_PORT")
+    started: list[embedded.ServerProcess] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        print("taskstream dev: starting PostgreSQL, Valkey and tansu ...", flush=True)
+        pg = embedded.start_postgres(home / "postgres", ports.postgres)
+        started.append(pg)
+        valkey = embedded.start_valkey(home / "valkey", ports.redis)
+        started.append(valkey)
+        tansu = embedded.start_tansu(home / "tansu", ports.kafka)
+        started.append(tansu)
+        upgrade(pg.url)
+        secret = dev_secret(home)
+        env = {
+            **os.environ,
+            "DATABASE_URL": pg.url,
+            "REDIS_URL": valkey.url,
+            "KAFKA_BOOTSTRAP_SERVERS": tansu.url,
+            "BLOB_DIR": str(home / "blobs"),
+            "HTTP_PORT": str(ports.http),
+            "JWT_SECRET": secret,
+            "TASKSTREAM_DEV_MODE": "1",
+        }
+        cli = [sys.executable, "-m", "taskstream.cli"]
+        for name, argv in (("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])):
+            proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
+            started.append(embedded.ServerProcess(name, "", 0, proc, home / "logs" / f"{name}.log"))
+        gateway = started[-2]
+        embedded.wait_until(lambda: embedded.accepts(ports.http), gateway, timeout=60)
+
+        from gateway.auth import build_auth
+
+        settings = Settings.from_env(env)
+        issuer, _ = build_auth(settings)
+        assert issuer is not None
+        token = issuer.issue(DEV_ADMIN_ID, "admin", ttl_seconds=7 * 24 * 3600)
+        print(
+            f"\ntaskstream is running at http://127.0.0.1:{ports.http}\n"
+            f"  PostgreSQL {pg.url}\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
+            f"  logs       {home / 'logs'}\n\n"
+            f"admin token (7 days):\n{token}\n\n"
+            f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{ports.http}/readyz\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while True:
+            for server in started:
+                if not server.alive():
+                    print(f"taskstream dev: {server.name} exited ({server.process.returncode}):\n{server.log_tail()}")
+                    return 1
+            time.sleep(0.5)
+    except _Stop as stop:
+        print(f"\ntaskstream dev: {stop}, stopping ...", flush=True)
+        return 0
+    except embedded.EmbeddedError as exc:
+        print(f"taskstream dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for server in reversed(started):
+            server.stop()
+        print("taskstream dev: stopped", flush=True)
