@@ -6,11 +6,12 @@ from event_store.errors import (
     StoreUnavailable,
     WrongExpectedVersion,
 )
-from event_store.protocol import EventStore
+from event_store.protocol import EventStore, StreamAppend
 
 __all__ = [
     "EventStore",
     "EventStoreError",
+    "StreamAppend",
     "IdempotencyKeyReused",
     "StoreUnavailable",
     "WrongExpectedVersion",

@@ -38,6 +38,7 @@ from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpectedVersion
+from event_store.protocol import StreamAppend
 from schemas.envelope import ANY, NO_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, category_of
 
 log = logging.getLogger("taskstream.event_store")
@@ -47,10 +48,10 @@ NOTIFY_CHANNEL = "taskstream_events"
 _COLUMNS = "global_position, stream_id, version, event_id, type, schema_version, data, metadata, recorded_at"
 
 
-def request_fingerprint(stream: str, expected_version: ExpectedVersion, events: Sequence[NewEvent]) -> str:
+def request_fingerprint(parts: Sequence[StreamAppend]) -> str:
     """A stable hash of what an append asks for, ignoring the generated event ids."""
     body = json.dumps(
-        [stream, expected_version, [[e.type, e.schema_version, e.data] for e in events]],
+        [[p.stream, p.expected_version, [[e.type, e.schema_version, e.data] for e in p.events]] for p in parts],
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -79,13 +80,11 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
 
 @dataclass
 class _Append:
-    stream: str
-    expected: ExpectedVersion
-    events: Sequence[NewEvent]
+    parts: list[StreamAppend]
     metadata: dict[str, Any]
     key: str | None
     fingerprint: str | None
-    future: asyncio.Future[AppendResult] = field(repr=False)
+    future: asyncio.Future[list[AppendResult]] = field(repr=False)
 
 
 class PostgresEventStore:
@@ -128,21 +127,57 @@ class PostgresEventStore:
         idempotency_key: str | None = None,
         fingerprint: str | None = None,
     ) -> AppendResult:
-        _check_stream(stream)
-        if not isinstance(expected_version, int) and expected_version not in (ANY, NO_STREAM):
-            raise ValueError(f"expected_version must be an int, 'any' or 'no_stream', not {expected_version!r}")
-        if isinstance(expected_version, int) and expected_version < 0:
-            raise ValueError("expected_version must not be negative")
+        parts = [StreamAppend(stream, expected_version, list(events))]
+        (result,) = await self.append_streams(parts, metadata, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return result
+
+    async def append_streams(
+        self,
+        parts: Sequence[StreamAppend],
+        metadata: Metadata | None = None,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams atomically: every part's expected version must hold, or
+        nothing is written and the first failing part's WrongExpectedVersion is raised."""
+        if not parts:
+            raise ValueError("an append needs at least one stream")
+        if len({p.stream for p in parts}) != len(parts):
+            raise ValueError("each stream may appear once in an append")
+        for part in parts:
+            _check_stream(part.stream)
+            expected = part.expected_version
+            if not isinstance(expected, int) and expected not in (ANY, NO_STREAM):
+                raise ValueError(f"expected_version must be an int, 'any' or 'no_stream', not {expected!r}")
+            if isinstance(expected, int) and expected < 0:
+                raise ValueError("expected_version must not be negative")
         if idempotency_key is not None and fingerprint is None:
-            fingerprint = request_fingerprint(stream, expected_version, events)
+            fingerprint = request_fingerprint(parts)
         meta = (metadata or Metadata()).to_json()
         if idempotency_key is not None:
             meta.setdefault("idempotency_key", idempotency_key)
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(stream, expected_version, list(events), meta, idempotency_key, fingerprint, future))
+        future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(list(parts), meta, idempotency_key, fingerprint, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="event-store-group-commit")
         return await future
+
+    async def idempotent_result(self, key: str, fingerprint: str) -> list[AppendResult] | None:
+        """The original result of an append made with ``key``, or None if the key is unused.
+        Raises IdempotencyKeyReused if the key was used for another request."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_KNOWN_KEYS, ([key],))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            if row[1] != fingerprint:
+                raise IdempotencyKeyReused(key)
+            parts = _stored_parts(row[2])
+            ids = [i for _, _, part_ids in parts for i in part_ids]
+            cur = await conn.execute(_POSITIONS, (ids,))
+            positions = {r[0]: r[1] for r in await cur.fetchall()}
+        return [_result(stream, version, ids, positions, replayed=True) for stream, version, ids in parts]
 
     async def _write_pending(self) -> None:
         """Drain the queue: one transaction per batch; appends that arrive meanwhile form the next."""
@@ -167,8 +202,8 @@ class PostgresEventStore:
                 else:
                     append.future.set_result(outcome)
 
-    async def _commit_alone(self, batch: list[_Append]) -> list[AppendResult | Exception]:
-        outcomes: list[AppendResult | Exception] = []
+    async def _commit_alone(self, batch: list[_Append]) -> list[list[AppendResult] | Exception]:
+        outcomes: list[list[AppendResult] | Exception] = []
         for append in batch:
             try:
                 outcomes.extend(await self._commit([append]))
@@ -178,9 +213,9 @@ class PostgresEventStore:
                 outcomes.append(StoreUnavailable(f"the event store failed: {type(exc).__name__}"))
         return outcomes
 
-    async def _commit(self, batch: list[_Append]) -> list[AppendResult | Exception]:
+    async def _commit(self, batch: list[_Append]) -> list[list[AppendResult] | Exception]:
         """One transaction, two round trips (pipeline mode): lock and read, then write and commit."""
-        streams = sorted({a.stream for a in batch})
+        streams = sorted({p.stream for a in batch for p in a.parts})
         keys = sorted({a.key for a in batch if a.key is not None})
         async with self._pool.connection() as conn:
             async with conn.pipeline():
@@ -293,44 +328,46 @@ _POSITIONS = "SELECT event_id, global_position FROM events WHERE event_id = ANY(
 _Row = tuple[str, int, uuid.UUID, str, int, str, str]
 
 
+_Parts = list[tuple[str, int, tuple[uuid.UUID, ...]]]  # per stream: (stream, new version, event ids)
+
+
+def _stored_parts(body: dict[str, Any]) -> _Parts:
+    return [(p["stream"], int(p["version"]), tuple(uuid.UUID(i) for i in p["event_ids"])) for p in body["parts"]]
+
+
+def _result(stream: str, version: int, ids: tuple[uuid.UUID, ...], positions: dict[uuid.UUID, int], *, replayed: bool) -> AppendResult:
+    return AppendResult(
+        stream=stream,
+        version=version,
+        first_position=positions[ids[0]] if ids else None,
+        last_position=positions[ids[-1]] if ids else None,
+        event_ids=ids,
+        replayed=replayed,
+    )
+
+
 @dataclass
 class _Plan:
     """What a batch does, decided in memory under the lock from the versions read under it.
 
-    Idempotency keys store the stream, the new version and the event ids; positions are looked
+    Idempotency keys store each part's stream, new version and event ids; positions are looked
     up when a key is replayed, so the key rows need no second round trip."""
 
-    outcome: list[tuple[str, Any]] = field(default_factory=list)  # per append: (kind, value)
+    outcome: list[tuple[str, Any]] = field(default_factory=list)  # per append: (kind, _Parts or error)
     rows: list[_Row] = field(default_factory=list)
     key_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[uuid.UUID] = field(default_factory=list)
 
-    def outcomes(self, positions: dict[uuid.UUID, int]) -> list[AppendResult | Exception]:
-        results: list[AppendResult | Exception] = []
-        for kind, value in self.outcome:
-            if kind == "error":
-                results.append(value)
-                continue
-            stream, version, ids = value
-            results.append(
-                AppendResult(
-                    stream=stream,
-                    version=version,
-                    first_position=positions[ids[0]] if ids else None,
-                    last_position=positions[ids[-1]] if ids else None,
-                    event_ids=ids,
-                    replayed=kind == "replay",
-                )
-            )
-        return results
+    def outcomes(self, positions: dict[uuid.UUID, int]) -> list[list[AppendResult] | Exception]:
+        return [
+            value if kind == "error" else [_result(s, v, ids, positions, replayed=kind == "replay") for s, v, ids in value]
+            for kind, value in self.outcome
+        ]
 
 
 def _plan(batch: Sequence[_Append], versions: dict[str, int], known: dict[str, tuple[str, dict[str, Any]]]) -> _Plan:
     plan = _Plan()
-    decided: dict[str, tuple[str, tuple[str, int, tuple[uuid.UUID, ...]]]] = {
-        key: (fingerprint, (r["stream"], int(r["version"]), tuple(uuid.UUID(i) for i in r["event_ids"])))
-        for key, (fingerprint, r) in known.items()
-    }
+    decided: dict[str, tuple[str, _Parts]] = {key: (fp, _stored_parts(body)) for key, (fp, body) in known.items()}
     for append in batch:
         if append.key is not None and append.key in decided:
             fingerprint, original = decided[append.key]
@@ -338,22 +375,31 @@ def _plan(batch: Sequence[_Append], versions: dict[str, int], known: dict[str, t
                 plan.outcome.append(("error", IdempotencyKeyReused(append.key)))
             else:
                 plan.outcome.append(("replay", original))
-                plan.replayed_ids.extend(original[2])
+                plan.replayed_ids.extend(i for _, _, ids in original for i in ids)
             continue
-        current = versions.get(append.stream, 0)
-        if not _matches(append.expected, current):
-            plan.outcome.append(("error", WrongExpectedVersion(append.stream, append.expected, current)))
+        failure = next(
+            (
+                WrongExpectedVersion(p.stream, p.expected_version, versions.get(p.stream, 0))
+                for p in append.parts
+                if not _matches(p.expected_version, versions.get(p.stream, 0))
+            ),
+            None,
+        )
+        if failure is not None:
+            plan.outcome.append(("error", failure))
             continue
-        new_version = current + len(append.events)
-        versions[append.stream] = new_version
         meta = json.dumps(append.metadata)
-        for offset, event in enumerate(append.events, start=1):
-            plan.rows.append((append.stream, current + offset, event.id, event.type, event.schema_version, json.dumps(event.data), meta))
-        result = (append.stream, new_version, tuple(e.id for e in append.events))
-        plan.outcome.append(("new", result))
+        parts: _Parts = []
+        for part in append.parts:
+            current = versions.get(part.stream, 0)
+            for offset, event in enumerate(part.events, start=1):
+                plan.rows.append((part.stream, current + offset, event.id, event.type, event.schema_version, json.dumps(event.data), meta))
+            versions[part.stream] = current + len(part.events)
+            parts.append((part.stream, versions[part.stream], tuple(e.id for e in part.events)))
+        plan.outcome.append(("new", parts))
         if append.key is not None:
             fingerprint = append.fingerprint or ""
-            decided[append.key] = (fingerprint, result)
-            body = {"stream": result[0], "version": result[1], "event_ids": [str(i) for i in result[2]]}
-            plan.key_rows.append((append.key, fingerprint, append.stream, json.dumps(body)))
+            decided[append.key] = (fingerprint, parts)
+            body = {"parts": [{"stream": s, "version": v, "event_ids": [str(i) for i in ids]} for s, v, ids in parts]}
+            plan.key_rows.append((append.key, fingerprint, parts[0][0], json.dumps(body)))
     return plan

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from schemas.envelope import AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAppend:
+    """One stream's part of an append: all parts of one append commit together or not at all."""
+
+    stream: str
+    expected_version: ExpectedVersion
+    events: Sequence[NewEvent]
 
 
 class EventStore(Protocol):
@@ -26,6 +36,22 @@ class EventStore(Protocol):
         With a known key and the same fingerprint, returns the original result (replayed=True)
         and appends nothing.
         """
+        ...
+
+    async def append_streams(
+        self,
+        parts: Sequence[StreamAppend],
+        metadata: Metadata | None = None,
+        *,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> list[AppendResult]:
+        """Append to several streams in one transaction: all parts are written, or none."""
+        ...
+
+    async def idempotent_result(self, key: str, fingerprint: str) -> list[AppendResult] | None:
+        """The original result for ``key``; None if unused; IdempotencyKeyReused if the
+        fingerprint differs."""
         ...
 
     async def read_stream(self, stream: str, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]: ...

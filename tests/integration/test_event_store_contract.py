@@ -178,3 +178,38 @@ class TestPostgresEventStore(EventStoreContract):
         # poll_interval is 30 s: finishing within 10 s shows LISTEN/NOTIFY woke the reader.
         await asyncio.wait_for(task, timeout=10)
         assert received == [0, 1, 2]
+
+
+class TestMultiStreamAppends:
+    async def test_all_parts_commit_together(self, store: PostgresEventStore) -> None:
+        from event_store.protocol import StreamAppend
+
+        a, b = new_stream("project"), new_stream("project_name")
+        results = await store.append_streams([StreamAppend(a, NO_STREAM, [ev(1)]), StreamAppend(b, NO_STREAM, [ev(2)])])
+        assert [(r.stream, r.version) for r in results] == [(a, 1), (b, 1)]
+        assert results[1].first_position == results[0].last_position + 1  # type: ignore[operator]
+
+    async def test_one_failing_part_writes_nothing(self, store: PostgresEventStore) -> None:
+        from event_store.protocol import StreamAppend
+
+        taken = new_stream("project_name")
+        await store.append(taken, NO_STREAM, [ev()])
+        fresh = new_stream("project")
+        with pytest.raises(WrongExpectedVersion) as info:
+            await store.append_streams([StreamAppend(fresh, NO_STREAM, [ev()]), StreamAppend(taken, NO_STREAM, [ev()])])
+        assert info.value.stream == taken
+        assert await store.read_stream(fresh) == []
+        assert await store.stream_version(taken) == 1
+
+    async def test_idempotent_result_lookup(self, store: PostgresEventStore) -> None:
+        from event_store.protocol import StreamAppend
+
+        key = f"key-{uuid.uuid4()}"
+        parts = [StreamAppend(new_stream(), NO_STREAM, [ev(1)]), StreamAppend(new_stream(), NO_STREAM, [ev(2)])]
+        assert await store.idempotent_result(key, "fp") is None
+        original = await store.append_streams(parts, idempotency_key=key, fingerprint="fp")
+        replayed = await store.idempotent_result(key, "fp")
+        assert replayed is not None and all(r.replayed for r in replayed)
+        assert [(r.stream, r.version, r.first_position) for r in replayed] == [(r.stream, r.version, r.first_position) for r in original]
+        with pytest.raises(IdempotencyKeyReused):
+            await store.idempotent_result(key, "other")
