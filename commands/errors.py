@@ -21,11 +21,11 @@ class DomainError(Exception):
 
     def to_problem(self, type_base: str = "/problems/") -> dict[str, Any]:
         return {
+            **self.extensions,  # first, so an extension never hides a standard member
             "type": f"{type_base}{self.slug}",
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
-            **self.extensions,
         }
 
 
