@@ -8,10 +8,10 @@ from schemas.base import Command, DomainEvent
 from schemas.projects import PROJECT_COMMANDS, PROJECT_EVENTS, PROJECT_NAME_COMMANDS, PROJECT_NAME_EVENTS
 from schemas.registry import Registry
 from schemas.tasks import TASK_COMMANDS, TASK_EVENTS
-from schemas.users import USER_COMMANDS, USER_EVENTS
+from schemas.users import USER_COMMANDS, USER_EMAIL_COMMANDS, USER_EMAIL_EVENTS, USER_EVENTS
 
-EVENTS: tuple[type[DomainEvent], ...] = USER_EVENTS + PROJECT_EVENTS + PROJECT_NAME_EVENTS + TASK_EVENTS
-COMMANDS: tuple[type[Command], ...] = USER_COMMANDS + PROJECT_COMMANDS + PROJECT_NAME_COMMANDS + TASK_COMMANDS
+EVENTS: tuple[type[DomainEvent], ...] = USER_EVENTS + USER_EMAIL_EVENTS + PROJECT_EVENTS + PROJECT_NAME_EVENTS + TASK_EVENTS
+COMMANDS: tuple[type[Command], ...] = USER_COMMANDS + USER_EMAIL_COMMANDS + PROJECT_COMMANDS + PROJECT_NAME_COMMANDS + TASK_COMMANDS
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {cls.TYPE: cls for cls in COMMANDS}
 if len(COMMANDS_BY_TYPE) != len(COMMANDS):

@@ -13,8 +13,8 @@ from typing import Any, Literal, TypeAlias
 
 JSON: TypeAlias = dict[str, Any]
 
-CATEGORIES = ("user", "project", "task")
-Category: TypeAlias = Literal["user", "project", "task"]
+CATEGORIES = ("user", "user_email", "project", "project_name", "task")
+Category: TypeAlias = Literal["user", "user_email", "project", "project_name", "task"]
 
 # Expected version of a stream before an append: an exact version, or one of these.
 ANY: Literal["any"] = "any"

@@ -104,3 +104,25 @@ class DeactivateUser(Command):
 
 UserCommand: TypeAlias = RegisterUser | UpdateUserProfile | ChangeUserRole | DeactivateUser
 USER_COMMANDS: tuple[type[Command], ...] = (RegisterUser, UpdateUserProfile, ChangeUserRole, DeactivateUser)
+
+
+# -- the email claim: one stream per normalised email, so emails are unique and a login can
+#    find its user without a read model ------------------------------------------------
+
+
+class UserEmailClaimed(DomainEvent):
+    TYPE: ClassVar[str] = "user_email.claimed"
+
+    email: Email
+    user_id: uuid.UUID
+
+
+class ClaimUserEmail(Command):
+    TYPE: ClassVar[str] = "user_email.claim"
+
+    email: Email
+    user_id: uuid.UUID
+
+
+USER_EMAIL_EVENTS: tuple[type[DomainEvent], ...] = (UserEmailClaimed,)
+USER_EMAIL_COMMANDS: tuple[type[Command], ...] = (ClaimUserEmail,)

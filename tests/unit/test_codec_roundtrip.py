@@ -40,6 +40,7 @@ STRATEGIES: dict[type[DomainEvent], st.SearchStrategy[Any]] = {
     u.UserProfileUpdated: st.builds(u.UserProfileUpdated, user_id=ids, display_name=names),
     u.UserRoleChanged: st.builds(u.UserRoleChanged, user_id=ids, role=user_roles, previous_role=user_roles),
     u.UserDeactivated: st.builds(u.UserDeactivated, user_id=ids, reason=free_text),
+    u.UserEmailClaimed: st.builds(u.UserEmailClaimed, email=emails, user_id=ids),
     p.ProjectCreated: st.builds(p.ProjectCreated, project_id=ids, owner_id=ids, name=names, description=free_text),
     p.ProjectUpdated: st.builds(
         p.ProjectUpdated, project_id=ids, name=st.none() | names, description=st.none() | free_text

@@ -16,7 +16,7 @@ from schemas.jsonschema import json_schemas, main
 from schemas.registry import UnknownEventType
 
 CATEGORY_OF_MODULE = {
-    "schemas.users": {"user"},
+    "schemas.users": {"user", "user_email"},
     "schemas.projects": {"project", "project_name"},
     "schemas.tasks": {"task"},
 }
