@@ -51,7 +51,7 @@ def ensure_port_free(name: str, port: int, env_hint: str) -> None:
             raise PortInUse(name, port, env_hint) from None
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -265,7 +265,7 @@ def start_valkey(work_dir: Path, port: int) -> ServerProcess:
     ]  # fmt: skip
     proc = spawn("Valkey", argv, work_dir / "valkey.log")
     server = ServerProcess("Valkey", f"redis://127.0.0.1:{port}/0", port, proc, work_dir / "valkey.log")
-    wait_until(lambda: _accepts(port), server, timeout=15)
+    wait_until(lambda: accepts(port), server, timeout=15)
     return server
 
 
@@ -284,7 +284,7 @@ def start_tansu(work_dir: Path, port: int) -> ServerProcess:
     env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
     proc = spawn("tansu", argv, work_dir / "tansu.log", env=env)
     server = ServerProcess("tansu", f"127.0.0.1:{port}", port, proc, work_dir / "tansu.log")
-    wait_until(lambda: _accepts(port), server, timeout=15)
+    wait_until(lambda: accepts(port), server, timeout=15)
     return server
 
 
@@ -299,5 +299,5 @@ def start_moto(work_dir: Path, port: int) -> ServerProcess:
     work_dir.mkdir(parents=True, exist_ok=True)
     proc = spawn("moto", [moto, "-H", "127.0.0.1", "-p", str(port)], work_dir / "moto.log")
     server = ServerProcess("moto", f"http://127.0.0.1:{port}", port, proc, work_dir / "moto.log")
-    wait_until(lambda: _accepts(port), server, timeout=30)
+    wait_until(lambda: accepts(port), server, timeout=30)
     return server

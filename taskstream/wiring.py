@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Histogram
+from psycopg_pool import AsyncConnectionPool
+from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
 from event_store.kafka import ensure_topics, make_producer
@@ -69,3 +71,55 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await producer.stop()
         await store.close()
+
+
+def build_gateway(settings: Settings) -> Starlette:
+    """The gateway app: the pool opens in the lifespan, inside uvicorn's event loop."""
+    from commands.service import Service
+    from gateway.app import create_app
+    from gateway.auth import build_auth
+    from gateway.routes import Deps
+
+    pool = AsyncConnectionPool(settings.database_url, min_size=4, max_size=20, open=False)
+    store = PostgresEventStore(pool)
+    issuer, verifier = build_auth(settings)
+    deps = Deps(
+        service=Service(store, retries=settings.command_retries),
+        verifier=verifier,
+        issuer=issuer,
+        max_body_bytes=settings.max_body_bytes,
+    )
+
+    async def database() -> None:
+        async with pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def broker() -> None:
+        await broker_reachable(settings.kafka_bootstrap_servers)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await pool.open(wait=False)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan)
+
+
+async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:
+    """Any bootstrap server that accepts a TCP connection counts as reachable."""
+    errors = []
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host or "127.0.0.1", int(port)), timeout)
+        except (OSError, ValueError, asyncio.TimeoutError) as exc:
+            errors.append(f"{server}: {exc!r}")
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    raise ConnectionError("; ".join(errors) or "no bootstrap servers")

@@ -1,0 +1,123 @@
+"""Load, decide, append: the one loop every command goes through.
+
+A use case is a ``plan``: an async function that loads the streams it needs, checks who may
+act, decides, and returns the appends to make (the primary stream first), each with the version
+it read. ``execute`` runs the plan and appends atomically. When another writer got there first
+it runs the plan again, a bounded number of times, unless the client pinned the primary
+stream's version (``If-Match``): then the conflict is the client's to resolve, and it is a 409
+naming both versions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from commands.decider import Decider
+from commands.errors import Conflict
+from event_store.errors import WrongExpectedVersion
+from event_store.protocol import EventStore, StreamAppend
+from schemas.base import DomainEvent
+from schemas.catalog import registry
+from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, entity_id_of
+
+S = TypeVar("S")
+
+
+class VersionConflict(Conflict):
+    slug = "version-conflict"
+    title = "The resource was changed by someone else"
+
+    def __init__(self, stream: str, expected: int | str, actual: int) -> None:
+        super().__init__(
+            f"{stream} is at version {actual}, not {expected}",
+            stream=stream,
+            expected_version=expected,
+            actual_version=actual,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded(Generic[S]):
+    stream: str
+    state: S
+    version: int
+
+    @property
+    def expected(self) -> ExpectedVersion:
+        return self.version if self.version else NO_STREAM
+
+    def append(self, events: Sequence[DomainEvent]) -> StreamAppend:
+        return StreamAppend(self.stream, self.expected, [e.to_new_event() for e in events])
+
+
+async def load(store: EventStore, decider: Decider[S, Any, Any], stream: str) -> Loaded[S]:
+    events = await store.read_stream(stream)
+    codec = registry()
+    state = decider.fold(codec.decode(e) for e in events)
+    return Loaded(stream, state, events[-1].version if events else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """What travels with a write besides the command: who, why, and retry safety."""
+
+    metadata: Metadata
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+    if_match: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The outcome of a command: the primary stream's append (and the others)."""
+
+    results: tuple[AppendResult, ...]
+
+    @property
+    def primary(self) -> AppendResult:
+        return self.results[0]
+
+    @property
+    def entity_id(self) -> str:
+        return entity_id_of(self.primary.stream)
+
+    @property
+    def replayed(self) -> bool:
+        return self.primary.replayed
+
+
+Plan = Callable[[], Awaitable[list[StreamAppend]]]
+
+
+async def execute(store: EventStore, plan: Plan, ctx: WriteContext, *, retries: int = 3) -> Written:
+    if ctx.idempotency_key is not None and ctx.fingerprint is not None:
+        # A retry must get the original answer even if the state moved on since.
+        original = await store.idempotent_result(ctx.idempotency_key, ctx.fingerprint)
+        if original is not None:
+            return Written(tuple(original))
+    for attempt in range(retries + 1):
+        parts = await plan()
+        primary = parts[0]
+        if ctx.if_match is not None and _version(primary.expected_version) != ctx.if_match:
+            raise VersionConflict(primary.stream, ctx.if_match, _version(primary.expected_version))
+        try:
+            results = await store.append_streams(
+                parts, ctx.metadata, idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint
+            )
+        except WrongExpectedVersion as exc:
+            if ctx.if_match is not None or attempt == retries:
+                raise VersionConflict(exc.stream, exc.expected, exc.actual) from exc
+            continue
+        return Written(tuple(results))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _version(expected: ExpectedVersion) -> int:
+    return expected if isinstance(expected, int) else 0
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()

@@ -1,0 +1,213 @@
+"""The use cases behind the write API: each loads, checks access, decides, and appends.
+
+Every method takes the acting user and a WriteContext and returns ``Written`` (the appends
+made, primary stream first). Rules live in the deciders and in ``commands.authz``; this module
+only says which streams a use case touches and in what order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from commands import authz, passwords, project, project_name, task, user, user_email
+from commands.authz import Actor
+from commands.errors import Forbidden, IllegalTransition, NotFound, ValidationFailed
+from commands.handler import Loaded, WriteContext, Written, execute, load
+from event_store.protocol import EventStore, StreamAppend
+from schemas.projects import (
+    AddProjectMember,
+    ArchiveProject,
+    CreateProject,
+    ReleaseProjectName,
+    RemoveProjectMember,
+    ReserveProjectName,
+    UpdateProject,
+)
+from schemas.tasks import CancelTask, SubmitTask
+from schemas.users import ChangeUserRole, ClaimUserEmail, DeactivateUser, RegisterUser, UpdateUserProfile
+
+
+class InvalidCredentials(Exception):
+    """Wrong email or password, or a deactivated user: one answer for all, on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    store: EventStore
+    retries: int = 3
+
+    async def _run(self, plan: Any, ctx: WriteContext) -> Written:
+        return await execute(self.store, plan, ctx, retries=self.retries)
+
+    async def _active_actor(self, actor: Actor) -> None:
+        """A deactivated user's tokens stop working for writes at once."""
+        try:
+            actor_id = uuid.UUID(actor.user_id)
+        except ValueError:
+            return
+        state = (await load(self.store, user.DECIDER, user.stream_for(actor_id))).state
+        if state is not None and not state.active:
+            raise Forbidden("this user is deactivated")
+
+    # --- users -----------------------------------------------------------------------------
+
+    async def register_user(
+        self, actor: Actor | None, *, email: str, display_name: str, password: str, role: str, ctx: WriteContext
+    ) -> Written:
+        if role != "member" and (actor is None or not actor.is_admin):
+            raise Forbidden("only an admin may register a user with another role than member")
+        password_hash = await asyncio.to_thread(passwords.hash_password, password)
+        user_id = uuid.uuid4()
+
+        async def plan() -> list[StreamAppend]:
+            claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email))
+            claimed = user_email.decide(claim.state, ClaimUserEmail(email=email, user_id=user_id))
+            account = await load(self.store, user.DECIDER, user.stream_for(user_id))
+            command = RegisterUser(user_id=user_id, email=email, display_name=display_name, password_hash=password_hash, role=role)  # type: ignore[arg-type]
+            return [account.append(user.decide(account.state, command)), claim.append(claimed)]
+
+        return await self._run(plan, ctx)
+
+    async def authenticate(self, email: str, password: str) -> user.UserState:
+        claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email))
+        account = None
+        if claim.state is not None:
+            account = (await load(self.store, user.DECIDER, user.stream_for(claim.state.user_id))).state
+        password_hash = account.password_hash if account is not None else None
+        ok = await asyncio.to_thread(passwords.verify_password, password_hash, password)
+        if not ok or account is None or not account.active:
+            raise InvalidCredentials
+        return account
+
+    async def update_user(self, actor: Actor, user_id: uuid.UUID, *, display_name: str, ctx: WriteContext) -> Written:
+        authz.self_or_admin(actor, user_id)
+        return await self._on_user(actor, user_id, UpdateUserProfile(user_id=user_id, display_name=display_name), ctx)
+
+    async def change_role(self, actor: Actor, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
+        authz.admin_only(actor)
+        return await self._on_user(actor, user_id, ChangeUserRole(user_id=user_id, role=role), ctx)  # type: ignore[arg-type]
+
+    async def deactivate_user(self, actor: Actor, user_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
+        authz.self_or_admin(actor, user_id)
+        return await self._on_user(actor, user_id, DeactivateUser(user_id=user_id, reason=reason), ctx)
+
+    async def _on_user(self, actor: Actor, user_id: uuid.UUID, command: Any, ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+
+        async def plan() -> list[StreamAppend]:
+            account = await load(self.store, user.DECIDER, user.stream_for(user_id))
+            return [account.append(user.decide(account.state, command))]
+
+        return await self._run(plan, ctx)
+
+    # --- projects --------------------------------------------------------------------------
+
+    async def create_project(self, actor: Actor, *, name: str, description: str, ctx: WriteContext) -> Written:
+        authz.may_create_projects(actor)
+        await self._active_actor(actor)
+        owner_id, project_id = actor.uuid(), uuid.uuid4()
+
+        async def plan() -> list[StreamAppend]:
+            proj = await load(self.store, project.DECIDER, project.stream_for(project_id))
+            created = project.decide(proj.state, CreateProject(project_id=project_id, owner_id=owner_id, name=name, description=description))
+            claim = await self._reserve(owner_id, name, project_id)
+            return [proj.append(created), claim]
+
+        return await self._run(plan, ctx)
+
+    async def update_project(self, actor: Actor, project_id: uuid.UUID, *, changes: dict[str, Any], ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+
+        async def plan() -> list[StreamAppend]:
+            proj = await self._project(project_id, actor, "manage")
+            state = proj.state
+            assert state is not None
+            parts = [proj.append(project.decide(state, UpdateProject(project_id=project_id, **changes)))]
+            new_name = changes.get("name")
+            if new_name is not None and project_name.name_key(state.owner_id, new_name) != project_name.name_key(state.owner_id, state.name):
+                parts.append(await self._reserve(state.owner_id, new_name, project_id))
+                parts.append(await self._release(state.owner_id, state.name, project_id))
+            return parts
+
+        return await self._run(plan, ctx)
+
+    async def archive_project(self, actor: Actor, project_id: uuid.UUID, *, ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+
+        async def plan() -> list[StreamAppend]:
+            proj = await self._project(project_id, actor, "manage")
+            assert proj.state is not None
+            archived = proj.append(project.decide(proj.state, ArchiveProject(project_id=project_id)))
+            if not archived.events:
+                return [archived]
+            return [archived, await self._release(proj.state.owner_id, proj.state.name, project_id)]
+
+        return await self._run(plan, ctx)
+
+    async def put_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+        member = (await load(self.store, user.DECIDER, user.stream_for(user_id))).state
+        if member is None or not member.active:
+            raise ValidationFailed("no active user with this id", errors=[{"field": "user_id", "message": "no active user with this id"}])
+
+        async def plan() -> list[StreamAppend]:
+            proj = await self._project(project_id, actor, "manage")
+            return [proj.append(project.decide(proj.state, AddProjectMember(project_id=project_id, user_id=user_id, role=role)))]  # type: ignore[arg-type]
+
+        return await self._run(plan, ctx)
+
+    async def remove_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+
+        async def plan() -> list[StreamAppend]:
+            proj = await self._project(project_id, actor, "manage")
+            return [proj.append(project.decide(proj.state, RemoveProjectMember(project_id=project_id, user_id=user_id)))]
+
+        return await self._run(plan, ctx)
+
+    async def _project(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> Loaded[project.State]:
+        proj = await load(self.store, project.DECIDER, project.stream_for(project_id))
+        authz.project_access(proj.state, actor, need)
+        return proj
+
+    async def _reserve(self, owner_id: uuid.UUID, name: str, project_id: uuid.UUID) -> StreamAppend:
+        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name))
+        return claim.append(project_name.decide(claim.state, ReserveProjectName(owner_id=owner_id, name=name, project_id=project_id)))
+
+    async def _release(self, owner_id: uuid.UUID, name: str, project_id: uuid.UUID) -> StreamAppend:
+        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name))
+        return claim.append(project_name.decide(claim.state, ReleaseProjectName(owner_id=owner_id, name=name, project_id=project_id)))
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def submit_task(self, actor: Actor, project_id: uuid.UUID, *, spec: dict[str, Any], ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+        task_id = uuid.uuid4()
+        command = SubmitTask(task_id=task_id, project_id=project_id, **spec)
+
+        async def plan() -> list[StreamAppend]:
+            proj = await self._project(project_id, actor, "edit")
+            if proj.state is not None and proj.state.archived:
+                raise IllegalTransition("the project is archived: no new tasks", project_id=str(project_id))
+            job = await load(self.store, task.DECIDER, task.stream_for(task_id))
+            return [job.append(task.decide(job.state, command))]
+
+        return await self._run(plan, ctx)
+
+    async def cancel_task(self, actor: Actor, task_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
+        await self._active_actor(actor)
+
+        async def plan() -> list[StreamAppend]:
+            job = await load(self.store, task.DECIDER, task.stream_for(task_id))
+            if job.state is None:
+                raise NotFound("no such task")
+            try:
+                await self._project(job.state.project_id, actor, "edit")
+            except NotFound:
+                raise NotFound("no such task") from None
+            return [job.append(task.decide(job.state, CancelTask(task_id=task_id, reason=reason)))]
+
+        return await self._run(plan, ctx)

@@ -1,0 +1,117 @@
+"""``create_app``: the Starlette application, given everything it needs (no I/O at import)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.openapi import openapi_document
+from gateway.problems import install_problem_handlers, problem
+from gateway.routes import ENDPOINTS, Deps, Endpoint
+
+ReadinessCheck = Callable[[], Awaitable[None]]  # raises when the dependency is not reachable
+
+
+class RequestContext:
+    """X-Request-ID (from nginx, or new) on request.state and on the answer; request metrics."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[Route], registry: CollectorRegistry) -> None:
+        self.app, self.routes = app, routes
+        self.requests = Counter("taskstream_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
+        self.latency = Histogram(
+            "taskstream_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})
+        scope["state"]["request_id"] = scope["state"]["trace_id"] = request_id
+        route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            method = scope["method"]
+            self.requests.labels(method, route, str(status)).inc()
+            self.latency.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _route(endpoint: Endpoint, deps: Deps) -> Route:
+    async def handle(request: Request) -> Response:
+        return await endpoint.handler(request, deps)
+
+    handle.__name__ = endpoint.handler.__name__
+    return Route(endpoint.path, handle, methods=[endpoint.method])
+
+
+def create_app(
+    deps: Deps,
+    *,
+    readiness: dict[str, ReadinessCheck] | None = None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Starlette:
+    registry = registry or CollectorRegistry()
+    checks = dict(readiness or {})
+    document = openapi_document(ENDPOINTS)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        failures: dict[str, str] = {}
+
+        async def run(name: str, check: ReadinessCheck) -> None:
+            try:
+                await asyncio.wait_for(check(), timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                failures[name] = type(exc).__name__
+
+        await asyncio.gather(*(run(n, c) for n, c in checks.items()))
+        if failures:
+            return problem(503, "Service Unavailable", "a dependency is not reachable", "not-ready", checks=failures)
+        return JSONResponse({"status": "ready", "checks": {name: "ok" for name in checks}})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(_: Request) -> Response:
+        return JSONResponse(document)
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *(_route(e, deps) for e in ENDPOINTS),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    install_problem_handlers(app)
+    app.add_middleware(RequestContext, routes=routes, registry=registry)
+    return app

@@ -1,0 +1,99 @@
+"""The gateway served by uvicorn on a free port, over the embedded servers, reached by real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.auth import TokenIssuer, build_auth
+from taskstream import embedded
+from taskstream.settings import Settings
+from taskstream.wiring import build_gateway
+
+
+@pytest.fixture(scope="session")
+def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        kafka_bootstrap_servers=tansu_bootstrap,
+        jwt_secret=secrets.token_urlsafe(48),
+        max_body_bytes=64 * 1024,
+        http_port=embedded.free_port(),
+    )
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(gateway_settings: Settings) -> AsyncIterator[str]:
+    app = build_gateway(gateway_settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=gateway_settings.http_port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{gateway_settings.http_port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+def issuer(gateway_settings: Settings) -> TokenIssuer:
+    token_issuer, _ = build_auth(gateway_settings)
+    assert token_issuer is not None
+    return token_issuer
+
+
+@pytest.fixture
+async def client(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10) as c:
+        yield c
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    email: str
+    password: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def new_user(client: httpx.AsyncClient, issuer: TokenIssuer):  # noqa: ANN201 - a factory
+    async def make(role: str = "member") -> User:
+        email = f"u{uuid.uuid4().hex[:12]}@example.org"
+        password = secrets.token_urlsafe(12)
+        headers = {}
+        if role != "member":
+            headers = {"Authorization": f"Bearer {issuer.issue(str(uuid.uuid4()), 'admin')}"}
+        response = await client.post(
+            "/v1/users", json={"email": email, "display_name": "Test User", "password": password, "role": role}, headers=headers
+        )
+        assert response.status_code == 201, response.text
+        user_id = response.json()["id"]
+        return User(user_id, email, password, issuer.issue(user_id, role))  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def new_project(client: httpx.AsyncClient):  # noqa: ANN201 - a factory
+    async def make(owner: User, name: str | None = None) -> str:
+        response = await client.post("/v1/projects", json={"name": name or f"p-{uuid.uuid4().hex[:8]}"}, headers=owner.auth)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    return make
