@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from commands.decider import Decider
-from commands.errors import Conflict
-from event_store.errors import WrongExpectedVersion
+from commands.errors import Conflict, DomainError, ValidationFailed
+from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpectedVersion
 from event_store.protocol import EventStore, StreamAppend
 from schemas.base import DomainEvent
 from schemas.catalog import registry
@@ -37,6 +37,23 @@ class VersionConflict(Conflict):
             expected_version=expected,
             actual_version=actual,
         )
+
+
+class IdempotencyKeyMismatch(ValidationFailed):
+    slug = "idempotency-key-reused"
+    title = "The Idempotency-Key was used for a different request"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was already used with another request; use a new key",
+            errors=[{"field": "Idempotency-Key", "message": "already used for a different request"}],
+        )
+
+
+class Unavailable(DomainError):
+    slug = "unavailable"
+    title = "The event store is unavailable"
+    status = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +110,16 @@ Plan = Callable[[], Awaitable[list[StreamAppend]]]
 
 
 async def execute(store: EventStore, plan: Plan, ctx: WriteContext, *, retries: int = 3) -> Written:
+    """Run ``plan`` and append; the store's errors become domain errors here, once."""
+    try:
+        return await _execute(store, plan, ctx, retries)
+    except IdempotencyKeyReused:
+        raise IdempotencyKeyMismatch from None
+    except StoreUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: int) -> Written:
     if ctx.idempotency_key is not None and ctx.fingerprint is not None:
         # A retry must get the original answer even if the state moved on since.
         original = await store.idempotent_result(ctx.idempotency_key, ctx.fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,8 +18,11 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.openapi import openapi_document
-from gateway.problems import install_problem_handlers, problem
+from event_store.errors import StoreUnavailable
+from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.routes import ENDPOINTS, Deps, Endpoint
+
+log = logging.getLogger("taskstream.gateway")
 
 ReadinessCheck = Callable[[], Awaitable[None]]  # raises when the dependency is not reachable
 
@@ -111,7 +115,14 @@ def create_app(
         Route("/openapi.json", openapi, methods=["GET"]),
         *(_route(e, deps) for e in ENDPOINTS),
     ]
+    async def store_unavailable(request: Request, exc: Exception) -> Response:
+        trace_id = current_trace_id(request)
+        log.error("event store unavailable trace_id=%s: %s", trace_id, exc)
+        return problem(503, "Service Unavailable", "the event store is unavailable; retry later", "unavailable",
+                       headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
+
     app = Starlette(routes=routes, lifespan=lifespan)
     install_problem_handlers(app)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_middleware(RequestContext, routes=routes, registry=registry)
     return app

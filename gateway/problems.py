@@ -223,6 +223,10 @@ def _http_problem(request: Request, exc: HTTPException) -> Response:
     title = status_title(status)
     # Starlette's default detail is the status phrase: show only a detail the app chose.
     detail = exc.detail if exc.detail not in {"", title, http.client.responses.get(status)} else None
+    if detail is None and status == 404:
+        detail = f"no resource at {request.url.path}"
+    elif detail is None and status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
     if status >= 500:
         trace_id = current_trace_id(request)
         logger.error("HTTP %s raised trace_id=%s", status, trace_id, extra={"trace_id": trace_id})

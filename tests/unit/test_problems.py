@@ -333,11 +333,11 @@ async def test_http_exception_keeps_its_status_and_uses_about_blank(client: Clie
 async def test_unknown_route_and_wrong_method_are_problems(client: Client) -> None:
     missing = await client.get("/nowhere")
     assert missing.status_code == 404
-    assert problem_of(missing) == {"type": "about:blank", "title": "Not Found", "status": 404}
+    assert problem_of(missing) == {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no resource at /nowhere"}
     wrong_method = await client.request("DELETE", "/task")
     assert wrong_method.status_code == 405
     assert set(wrong_method.headers["allow"].split(", ")) == {"GET", "HEAD"}
-    problem_of(wrong_method)
+    assert problem_of(wrong_method)["detail"] == "DELETE is not allowed on /task"
 
 
 async def test_bare_401_gets_a_challenge(client: Client) -> None:
