@@ -152,6 +152,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("alembic", "aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -34,11 +34,12 @@ class DevPorts:
         def port(var: str, default: int) -> int:
             return int(os.environ.get(var, default))
 
+        default = cls()
         return cls(
-            http=port("TASKSTREAM_HTTP_PORT", cls.http),
-            postgres=port("TASKSTREAM_PG_PORT", cls.postgres),
-            redis=port("TASKSTREAM_REDIS_PORT", cls.redis),
-            kafka=port("TASKSTREAM_KAFKA_PORT", cls.kafka),
+            http=port("TASKSTREAM_HTTP_PORT", default.http),
+            postgres=port("TASKSTREAM_PG_PORT", default.postgres),
+            redis=port("TASKSTREAM_REDIS_PORT", default.redis),
+            kafka=port("TASKSTREAM_KAFKA_PORT", default.kafka),
         )
 
 
