@@ -21,7 +21,7 @@ from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpe
 from event_store.protocol import EventStore, StreamAppend
 from schemas.base import DomainEvent
 from schemas.catalog import registry
-from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, entity_id_of
+from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, RecordedEvent, entity_id_of
 
 S = TypeVar("S")
 
@@ -71,7 +71,16 @@ class Loaded(Generic[S]):
 
 
 async def load(store: EventStore, decider: Decider[S, Any, Any], stream: str) -> Loaded[S]:
-    events = await store.read_stream(stream)
+    return _loaded(decider, stream, await store.read_stream(stream))
+
+
+async def load_many(store: EventStore, *wanted: tuple[Decider[Any, Any, Any], str]) -> list[Loaded[Any]]:
+    """Several aggregates in one round trip."""
+    found = await store.read_streams([stream for _, stream in wanted])
+    return [_loaded(decider, stream, found[stream]) for decider, stream in wanted]
+
+
+def _loaded(decider: Decider[S, Any, Any], stream: str, events: Sequence[RecordedEvent]) -> Loaded[S]:
     codec = registry()
     state = decider.fold(codec.decode(e) for e in events)
     return Loaded(stream, state, events[-1].version if events else 0)

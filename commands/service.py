@@ -15,7 +15,7 @@ from typing import Any
 from commands import authz, passwords, project, project_name, task, user, user_email
 from commands.authz import Actor
 from commands.errors import Forbidden, IllegalTransition, NotFound, ValidationFailed
-from commands.handler import Loaded, WriteContext, Written, execute, load
+from commands.handler import Loaded, WriteContext, Written, execute, load, load_many
 from event_store.protocol import EventStore, StreamAppend
 from schemas.projects import (
     AddProjectMember,
@@ -44,13 +44,9 @@ class Service:
 
     async def _active_actor(self, actor: Actor) -> None:
         """A deactivated user's tokens stop working for writes at once."""
-        try:
-            actor_id = uuid.UUID(actor.user_id)
-        except ValueError:
-            return
-        state = (await load(self.store, user.DECIDER, user.stream_for(actor_id))).state
-        if state is not None and not state.active:
-            raise Forbidden("this user is deactivated")
+        stream = _actor_stream(actor)
+        if stream is not None:
+            _require_active((await load(self.store, user.DECIDER, stream)).state)
 
     # --- users -----------------------------------------------------------------------------
 
@@ -184,30 +180,50 @@ class Service:
     # --- tasks -----------------------------------------------------------------------------
 
     async def submit_task(self, actor: Actor, project_id: uuid.UUID, *, spec: dict[str, Any], ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
-        task_id = uuid.uuid4()
+        task_id = uuid.uuid4()  # new, so its stream is empty: the append expects NO_STREAM
         command = SubmitTask(task_id=task_id, project_id=project_id, **spec)
 
         async def plan() -> list[StreamAppend]:
-            proj = await self._project(project_id, actor, "edit")
+            proj, account = await self._project_and_actor(project_id, actor, "edit")
             if proj.state is not None and proj.state.archived:
                 raise IllegalTransition("the project is archived: no new tasks", project_id=str(project_id))
-            job = await load(self.store, task.DECIDER, task.stream_for(task_id))
-            return [job.append(task.decide(job.state, command))]
+            return [Loaded(task.stream_for(task_id), None, 0).append(task.decide(None, command))]
 
         return await self._run(plan, ctx)
 
     async def cancel_task(self, actor: Actor, task_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
-
         async def plan() -> list[StreamAppend]:
             job = await load(self.store, task.DECIDER, task.stream_for(task_id))
             if job.state is None:
                 raise NotFound("no such task")
             try:
-                await self._project(job.state.project_id, actor, "edit")
+                await self._project_and_actor(job.state.project_id, actor, "edit")
             except NotFound:
                 raise NotFound("no such task") from None
             return [job.append(task.decide(job.state, CancelTask(task_id=task_id, reason=reason)))]
 
         return await self._run(plan, ctx)
+
+    async def _project_and_actor(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> tuple[Loaded[project.State], Loaded[user.State]]:
+        """The project and the acting user in one round trip; refuses a deactivated actor."""
+        wanted: list[tuple[Any, str]] = [(project.DECIDER, project.stream_for(project_id))]
+        actor_stream = _actor_stream(actor)
+        if actor_stream is not None:
+            wanted.append((user.DECIDER, actor_stream))
+        loaded = await load_many(self.store, *wanted)
+        account = loaded[1] if len(loaded) > 1 else Loaded("", None, 0)
+        _require_active(account.state)
+        authz.project_access(loaded[0].state, actor, need)
+        return loaded[0], account
+
+
+def _actor_stream(actor: Actor) -> str | None:
+    try:
+        return user.stream_for(uuid.UUID(actor.user_id))
+    except ValueError:
+        return None
+
+
+def _require_active(account: user.State) -> None:
+    if account is not None and not account.active:
+        raise Forbidden("this user is deactivated")

@@ -87,6 +87,12 @@ class _Append:
     future: asyncio.Future[list[AppendResult]] = field(repr=False)
 
 
+def make_pool(database_url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
+    """The pool the store expects: autocommit, so a read is one round trip (no BEGIN/COMMIT);
+    appends open their own transaction. Not opened yet: ``await pool.open()`` in a loop."""
+    return AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True})
+
+
 class PostgresEventStore:
     """Implements ``event_store.protocol.EventStore`` over a psycopg async pool."""
 
@@ -99,7 +105,7 @@ class PostgresEventStore:
 
     @classmethod
     async def connect(cls, database_url: str, *, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> PostgresEventStore:
-        pool = AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False)
+        pool = make_pool(database_url, min_size=min_size, max_size=max_size)
         try:
             await pool.open(wait=True, timeout=15)
         except Exception as exc:
@@ -217,8 +223,8 @@ class PostgresEventStore:
         """One transaction, two round trips (pipeline mode): lock and read, then write and commit."""
         streams = sorted({p.stream for a in batch for p in a.parts})
         keys = sorted({a.key for a in batch if a.key is not None})
-        async with self._pool.connection() as conn:
-            async with conn.pipeline():
+        async with self._pool.connection() as conn, conn.pipeline():
+            async with conn.transaction():
                 # READ COMMITTED: each statement after the lock sees everything committed before it.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
                 versions_cur = await conn.execute(_STREAM_VERSIONS, (streams,))
@@ -232,10 +238,10 @@ class PostgresEventStore:
                 if plan.rows and self._notify:
                     await conn.execute(_NOTIFY, (NOTIFY_CHANNEL,))
                 replay_cur = await conn.execute(_POSITIONS, (plan.replayed_ids,)) if plan.replayed_ids else None
-                await conn.commit()
-                positions = {row[0]: row[1] for row in await insert_cur.fetchall()} if insert_cur else {}
-                if replay_cur is not None:
-                    positions.update({row[0]: row[1] for row in await replay_cur.fetchall()})
+            # COMMIT went out with the writes: one round trip for the whole second half.
+            positions = {row[0]: row[1] for row in await insert_cur.fetchall()} if insert_cur else {}
+            if replay_cur is not None:
+                positions.update({row[0]: row[1] for row in await replay_cur.fetchall()})
         return plan.outcomes(positions)
 
     # --- reading ---------------------------------------------------------------------------
@@ -247,6 +253,14 @@ class PostgresEventStore:
             query += " LIMIT %s"
             params.append(limit)
         return await self._fetch(query, params)
+
+    async def read_streams(self, streams: Sequence[str]) -> dict[str, list[RecordedEvent]]:
+        """Several whole streams in one query (every name in the answer, empty if unknown)."""
+        found: dict[str, list[RecordedEvent]] = {stream: [] for stream in streams}
+        rows = await self._fetch(f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY(%s) ORDER BY stream_id, version", [list(streams)])
+        for event in rows:
+            found[event.stream].append(event)
+        return found
 
     async def stream_version(self, stream: str) -> int:
         rows = await self._fetch_raw("SELECT COALESCE(max(version), 0) FROM events WHERE stream_id = %s", [stream])

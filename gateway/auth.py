@@ -9,6 +9,8 @@ Every refusal is an ``AuthError`` whose short ``reason`` goes into ``WWW-Authent
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import asyncio
 import base64
 import binascii
@@ -231,6 +233,9 @@ class TokenIssuer:
         return {"keys": [self._key.as_dict(private=False, use="sig", alg="RS256")]}
 
 
+_VERIFIED_CACHE_SIZE = 4096
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -244,8 +249,25 @@ class TokenVerifier:
     ) -> None:
         self._keys, self.algorithm, self.issuer, self.audience = keys, algorithm, issuer, audience
         self.leeway_seconds, self._clock = leeway_seconds, clock
+        # Verified tokens, so a client reusing its token costs one dict lookup, not a signature
+        # check. An entry is only used inside the token's own validity window.
+        self._verified: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None:
+            principal, not_before, expires = hit
+            if not_before <= self._clock() < expires:
+                return principal
+            del self._verified[token]
+        principal = await self._verify(token)
+        claims = principal.claims
+        self._verified[token] = (principal, float(claims.get("nbf", 0)) - self.leeway_seconds, float(claims["exp"]) + self.leeway_seconds)
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         header = _read_header(token)
         if header.get("alg") != self.algorithm:
             raise AuthError("token algorithm not accepted")

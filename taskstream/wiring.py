@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Histogram
-from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
 from event_store.kafka import ensure_topics, make_producer
-from event_store.postgres import PostgresEventStore
+from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
 from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings
@@ -80,7 +79,7 @@ def build_gateway(settings: Settings) -> Starlette:
     from gateway.auth import build_auth
     from gateway.routes import Deps
 
-    pool = AsyncConnectionPool(settings.database_url, min_size=4, max_size=20, open=False)
+    pool = make_pool(settings.database_url, min_size=4, max_size=20)
     store = PostgresEventStore(pool)
     issuer, verifier = build_auth(settings)
     deps = Deps(
