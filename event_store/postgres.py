@@ -232,7 +232,7 @@ class PostgresEventStore:
                 versions = {row[0]: row[1] for row in await versions_cur.fetchall()}
                 known = {row[0]: (row[1], row[2]) for row in await keys_cur.fetchall()} if keys_cur else {}
                 plan = _plan(batch, versions, known)
-                insert_cur = await conn.execute(_INSERT, [list(c) for c in zip(*plan.rows, strict=True)]) if plan.rows else None
+                insert_cur = await conn.execute(_INSERT, (plan.rows_json(),)) if plan.rows else None
                 if plan.key_rows:
                     await conn.cursor().executemany(_INSERT_KEY, plan.key_rows)
                 if plan.rows and self._notify:
@@ -328,10 +328,12 @@ _STREAM_VERSIONS = (
     " ORDER BY e.version DESC LIMIT 1), 0) FROM unnest(%s::text[]) AS s(stream_id)"
 )
 _KNOWN_KEYS = "SELECT key, fingerprint, result FROM idempotency_keys WHERE key = ANY(%s)"
+# The batch travels as one JSON array (psycopg's text[] dumping escapes element by element).
 _INSERT = (
     "INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)"
-    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data::jsonb, r.metadata::jsonb"
-    " FROM unnest(%s::text[], %s::bigint[], %s::uuid[], %s::text[], %s::int[], %s::text[], %s::text[])"
+    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data, r.metadata"
+    " FROM ROWS FROM (jsonb_to_recordset(%s::jsonb)"
+    " AS (stream_id text, version bigint, event_id uuid, type text, schema_version int, data jsonb, metadata jsonb))"
     " WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)"
     " ORDER BY r.ord RETURNING event_id, global_position"
 )
@@ -339,7 +341,7 @@ _INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, stream_id, result
 _NOTIFY = "SELECT pg_notify(%s, '')"
 _POSITIONS = "SELECT event_id, global_position FROM events WHERE event_id = ANY(%s)"
 
-_Row = tuple[str, int, uuid.UUID, str, int, str, str]
+_Row = dict[str, Any]
 
 
 _Parts = list[tuple[str, int, tuple[uuid.UUID, ...]]]  # per stream: (stream, new version, event ids)
@@ -372,6 +374,9 @@ class _Plan:
     key_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     replayed_ids: list[uuid.UUID] = field(default_factory=list)
 
+    def rows_json(self) -> str:
+        return json.dumps(self.rows, separators=(",", ":"))
+
     def outcomes(self, positions: dict[uuid.UUID, int]) -> list[list[AppendResult] | Exception]:
         return [
             value if kind == "error" else [_result(s, v, ids, positions, replayed=kind == "replay") for s, v, ids in value]
@@ -402,12 +407,12 @@ def _plan(batch: Sequence[_Append], versions: dict[str, int], known: dict[str, t
         if failure is not None:
             plan.outcome.append(("error", failure))
             continue
-        meta = json.dumps(append.metadata)
         parts: _Parts = []
         for part in append.parts:
             current = versions.get(part.stream, 0)
             for offset, event in enumerate(part.events, start=1):
-                plan.rows.append((part.stream, current + offset, event.id, event.type, event.schema_version, json.dumps(event.data), meta))
+                plan.rows.append({"stream_id": part.stream, "version": current + offset, "event_id": str(event.id), "type": event.type,
+                                  "schema_version": event.schema_version, "data": event.data, "metadata": append.metadata})  # fmt: skip
             versions[part.stream] = current + len(part.events)
             parts.append((part.stream, versions[part.stream], tuple(e.id for e in part.events)))
         plan.outcome.append(("new", parts))

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.openapi import openapi_document
@@ -30,8 +30,8 @@ ReadinessCheck = Callable[[], Awaitable[None]]  # raises when the dependency is 
 class RequestContext:
     """X-Request-ID (from nginx, or new) on request.state and on the answer; request metrics."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Route], registry: CollectorRegistry) -> None:
-        self.app, self.routes = app, routes
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
         self.requests = Counter("taskstream_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
         self.latency = Histogram(
             "taskstream_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
@@ -46,7 +46,6 @@ class RequestContext:
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
         scope.setdefault("state", {})
         scope["state"]["request_id"] = scope["state"]["trace_id"] = request_id
-        route = next((r.path for r in self.routes if r.matches(scope)[0] == Match.FULL), "unmatched")
         status = 500
         started = time.perf_counter()
 
@@ -61,7 +60,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            method = scope["method"]
+            method, matched = scope["method"], scope.get("route")  # set by the router when a route matched
+            route = getattr(matched, "path", "unmatched")
             self.requests.labels(method, route, str(status)).inc()
             self.latency.labels(method, route).observe(time.perf_counter() - started)
 
@@ -124,5 +124,5 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
-    app.add_middleware(RequestContext, routes=routes, registry=registry)
+    app.add_middleware(RequestContext, registry=registry)
     return app
