@@ -5,8 +5,9 @@ Why no tailing reader skips an event
 PostgreSQL hands out identity values when rows are inserted but makes transactions visible when
 they commit, so with free concurrency position 11 can become visible before position 10, and a
 reader that has moved past 10 never sees it. Here every transaction that inserts into ``events``
-first takes one transaction-level advisory lock (``APPEND_LOCK_KEY``), explicitly in this module
-and, for any other writer, through a statement trigger on the table (migration 0001). The lock is
+first takes one transaction-level advisory lock (``APPEND_LOCK_KEY``), explicitly in
+``taskstream_append`` (migration 0002) and, for any other writer, through a statement trigger on
+the table (migration 0001). The lock is
 held until the transaction has committed *and become visible* (PostgreSQL releases locks after it
 marks the transaction committed in the proc array), so positions are handed out in commit order:
 once a reader can see position P, every lower position is already committed or rolled back for
@@ -14,8 +15,10 @@ good. Holes left by rolled-back transactions never fill, so a reader may pass th
 
 The price is that appends are serial across the whole database. Group commit pays it back: the
 appends that arrive in this process while a transaction is in flight are decided and written
-together in the next one, each with its own exact concurrency check (done in memory, under the
-lock, against the versions read under the lock) and its own result.
+together in the next one, each with its own exact concurrency check (done by
+``taskstream_append`` under the lock, in order, so two appends to one stream in a batch see each
+other) and its own result. The whole batch is one autocommit statement: one network round trip,
+and the lock is held only for the writes and the commit's WAL flush.
 
 Tailing: readers poll ``global_position > last`` and wait on LISTEN between polls; writers send
 one NOTIFY per transaction (not per event), with a slow poll as a fallback.
@@ -29,7 +32,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -172,18 +175,12 @@ class PostgresEventStore:
     async def idempotent_result(self, key: str, fingerprint: str) -> list[AppendResult] | None:
         """The original result of an append made with ``key``, or None if the key is unused.
         Raises IdempotencyKeyReused if the key was used for another request."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(_KNOWN_KEYS, ([key],))
-            row = await cur.fetchone()
-            if row is None:
-                return None
-            if row[1] != fingerprint:
-                raise IdempotencyKeyReused(key)
-            parts = _stored_parts(row[2])
-            ids = [i for _, _, part_ids in parts for i in part_ids]
-            cur = await conn.execute(_POSITIONS, (ids,))
-            positions = {r[0]: r[1] for r in await cur.fetchall()}
-        return [_result(stream, version, ids, positions, replayed=True) for stream, version, ids in parts]
+        rows = await self._fetch_raw(_KNOWN_KEY, [key])
+        if not rows:
+            return None
+        if rows[0][0] != fingerprint:
+            raise IdempotencyKeyReused(key)
+        return _results(rows[0][1]["parts"], replayed=True)
 
     async def _write_pending(self) -> None:
         """Drain the queue: one transaction per batch; appends that arrive meanwhile form the next."""
@@ -220,29 +217,13 @@ class PostgresEventStore:
         return outcomes
 
     async def _commit(self, batch: list[_Append]) -> list[list[AppendResult] | Exception]:
-        """One transaction, two round trips (pipeline mode): lock and read, then write and commit."""
-        streams = sorted({p.stream for a in batch for p in a.parts})
-        keys = sorted({a.key for a in batch if a.key is not None})
-        async with self._pool.connection() as conn, conn.pipeline():
-            async with conn.transaction():
-                # READ COMMITTED: each statement after the lock sees everything committed before it.
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
-                versions_cur = await conn.execute(_STREAM_VERSIONS, (streams,))
-                keys_cur = await conn.execute(_KNOWN_KEYS, (keys,)) if keys else None
-                versions = {row[0]: row[1] for row in await versions_cur.fetchall()}
-                known = {row[0]: (row[1], row[2]) for row in await keys_cur.fetchall()} if keys_cur else {}
-                plan = _plan(batch, versions, known)
-                insert_cur = await conn.execute(_INSERT, (plan.rows_json(),)) if plan.rows else None
-                if plan.key_rows:
-                    await conn.cursor().executemany(_INSERT_KEY, plan.key_rows)
-                if plan.rows and self._notify:
-                    await conn.execute(_NOTIFY, (NOTIFY_CHANNEL,))
-                replay_cur = await conn.execute(_POSITIONS, (plan.replayed_ids,)) if plan.replayed_ids else None
-            # COMMIT went out with the writes: one round trip for the whole second half.
-            positions = {row[0]: row[1] for row in await insert_cur.fetchall()} if insert_cur else {}
-            if replay_cur is not None:
-                positions.update({row[0]: row[1] for row in await replay_cur.fetchall()})
-        return plan.outcomes(positions)
+        """One autocommit statement, one round trip: taskstream_append decides and writes the
+        whole batch under the append lock (migration 0002)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_APPEND, (_batch_json(batch), self._notify))
+            row = await cur.fetchone()
+        assert row is not None
+        return _outcomes(row[0])
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -315,110 +296,61 @@ class PostgresEventStore:
                     break
 
 
-def _matches(expected: ExpectedVersion, current: int) -> bool:
-    if expected == ANY:
-        return True
-    if expected == NO_STREAM:
-        return current == 0
-    return expected == current
+_APPEND = "SELECT taskstream_append(%s::jsonb, %s)"
+_KNOWN_KEY = "SELECT fingerprint, result FROM idempotency_keys WHERE key = %s"
 
 
-_STREAM_VERSIONS = (
-    "SELECT s.stream_id, COALESCE((SELECT e.version FROM events e WHERE e.stream_id = s.stream_id"
-    " ORDER BY e.version DESC LIMIT 1), 0) FROM unnest(%s::text[]) AS s(stream_id)"
-)
-_KNOWN_KEYS = "SELECT key, fingerprint, result FROM idempotency_keys WHERE key = ANY(%s)"
-# The batch travels as one JSON array (psycopg's text[] dumping escapes element by element).
-_INSERT = (
-    "INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)"
-    " SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data, r.metadata"
-    " FROM ROWS FROM (jsonb_to_recordset(%s::jsonb)"
-    " AS (stream_id text, version bigint, event_id uuid, type text, schema_version int, data jsonb, metadata jsonb))"
-    " WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)"
-    " ORDER BY r.ord RETURNING event_id, global_position"
-)
-_INSERT_KEY = "INSERT INTO idempotency_keys (key, fingerprint, stream_id, result) VALUES (%s, %s, %s, %s::jsonb)"
-_NOTIFY = "SELECT pg_notify(%s, '')"
-_POSITIONS = "SELECT event_id, global_position FROM events WHERE event_id = ANY(%s)"
-
-_Row = dict[str, Any]
-
-
-_Parts = list[tuple[str, int, tuple[uuid.UUID, ...]]]  # per stream: (stream, new version, event ids)
-
-
-def _stored_parts(body: dict[str, Any]) -> _Parts:
-    return [(p["stream"], int(p["version"]), tuple(uuid.UUID(i) for i in p["event_ids"])) for p in body["parts"]]
-
-
-def _result(stream: str, version: int, ids: tuple[uuid.UUID, ...], positions: dict[uuid.UUID, int], *, replayed: bool) -> AppendResult:
-    return AppendResult(
-        stream=stream,
-        version=version,
-        first_position=positions[ids[0]] if ids else None,
-        last_position=positions[ids[-1]] if ids else None,
-        event_ids=ids,
-        replayed=replayed,
+def _batch_json(batch: Sequence[_Append]) -> str:
+    """The batch as taskstream_append takes it (migration 0002)."""
+    return json.dumps(
+        [
+            {
+                "key": a.key,
+                "fingerprint": a.fingerprint,
+                "metadata": a.metadata,
+                "parts": [
+                    {
+                        "stream": p.stream,
+                        "expected": p.expected_version,
+                        "events": [{"id": str(e.id), "type": e.type, "schema_version": e.schema_version, "data": e.data} for e in p.events],
+                    }
+                    for p in a.parts
+                ],
+            }
+            for a in batch
+        ],
+        separators=(",", ":"),
     )
 
 
-@dataclass
-class _Plan:
-    """What a batch does, decided in memory under the lock from the versions read under it.
-
-    Idempotency keys store each part's stream, new version and event ids; positions are looked
-    up when a key is replayed, so the key rows need no second round trip."""
-
-    outcome: list[tuple[str, Any]] = field(default_factory=list)  # per append: (kind, _Parts or error)
-    rows: list[_Row] = field(default_factory=list)
-    key_rows: list[tuple[str, str, str, str]] = field(default_factory=list)
-    replayed_ids: list[uuid.UUID] = field(default_factory=list)
-
-    def rows_json(self) -> str:
-        return json.dumps(self.rows, separators=(",", ":"))
-
-    def outcomes(self, positions: dict[uuid.UUID, int]) -> list[list[AppendResult] | Exception]:
-        return [
-            value if kind == "error" else [_result(s, v, ids, positions, replayed=kind == "replay") for s, v, ids in value]
-            for kind, value in self.outcome
-        ]
+def _results(parts: list[dict[str, Any]], *, replayed: bool, positions: dict[str, int] | None = None) -> list[AppendResult]:
+    """Stored results carry their positions; new ones take them from the batch's positions."""
+    results = []
+    for p in parts:
+        ids = p["event_ids"]
+        first, last = p.get("first_position"), p.get("last_position")
+        if positions is not None and ids:
+            first, last = positions[ids[0]], positions[ids[-1]]
+        results.append(AppendResult(p["stream"], int(p["version"]), first, last, tuple(uuid.UUID(i) for i in ids), replayed))
+    return results
 
 
-def _plan(batch: Sequence[_Append], versions: dict[str, int], known: dict[str, tuple[str, dict[str, Any]]]) -> _Plan:
-    plan = _Plan()
-    decided: dict[str, tuple[str, _Parts]] = {key: (fp, _stored_parts(body)) for key, (fp, body) in known.items()}
-    for append in batch:
-        if append.key is not None and append.key in decided:
-            fingerprint, original = decided[append.key]
-            if fingerprint != append.fingerprint:
-                plan.outcome.append(("error", IdempotencyKeyReused(append.key)))
-            else:
-                plan.outcome.append(("replay", original))
-                plan.replayed_ids.extend(i for _, _, ids in original for i in ids)
-            continue
-        failure = next(
-            (
-                WrongExpectedVersion(p.stream, p.expected_version, versions.get(p.stream, 0))
-                for p in append.parts
-                if not _matches(p.expected_version, versions.get(p.stream, 0))
-            ),
-            None,
-        )
-        if failure is not None:
-            plan.outcome.append(("error", failure))
-            continue
-        parts: _Parts = []
-        for part in append.parts:
-            current = versions.get(part.stream, 0)
-            for offset, event in enumerate(part.events, start=1):
-                plan.rows.append({"stream_id": part.stream, "version": current + offset, "event_id": str(event.id), "type": event.type,
-                                  "schema_version": event.schema_version, "data": event.data, "metadata": append.metadata})  # fmt: skip
-            versions[part.stream] = current + len(part.events)
-            parts.append((part.stream, versions[part.stream], tuple(e.id for e in part.events)))
-        plan.outcome.append(("new", parts))
-        if append.key is not None:
-            fingerprint = append.fingerprint or ""
-            decided[append.key] = (fingerprint, parts)
-            body = {"parts": [{"stream": s, "version": v, "event_ids": [str(i) for i in ids]} for s, v, ids in parts]}
-            plan.key_rows.append((append.key, fingerprint, parts[0][0], json.dumps(body)))
-    return plan
+def _outcomes(answer: dict[str, Any]) -> list[list[AppendResult] | Exception]:
+    positions: dict[str, int] = answer["positions"] or {}
+    outcomes: list[list[AppendResult] | Exception] = []
+    for raw in answer["outcomes"]:
+        kind = raw["kind"]
+        if kind == "new":
+            outcomes.append(_results(raw["parts"], replayed=False, positions=positions))
+        elif kind == "replay":
+            outcomes.append(_results(raw["parts"], replayed=True))
+        elif kind == "replay_of":  # the same key and request earlier in this batch
+            original = outcomes[int(raw["index"]) - 1]
+            outcomes.append([replace(r, replayed=True) for r in original] if isinstance(original, list) else original)
+        elif kind == "wrong_version":
+            outcomes.append(WrongExpectedVersion(raw["stream"], raw["expected"], int(raw["actual"])))
+        elif kind == "key_reused":
+            outcomes.append(IdempotencyKeyReused(raw["key"]))
+        else:
+            raise StoreUnavailable(f"taskstream_append answered an unknown outcome {kind!r}")
+    return outcomes
