@@ -162,3 +162,59 @@ async def test_store_appends_land_in_commit_order(store: PostgresEventStore, cou
     events = await store.read_stream(stream)
     assert [e.version for e in events] == list(range(1, count + 1))
     assert [e.global_position for e in events] == sorted(e.global_position for e in events)
+
+
+async def test_two_stores_racing_on_shared_streams_stay_exact(store: PostgresEventStore, database_url: str) -> None:
+    """Two processes' worth of group commit (two pools) race with pinned versions on a few
+    streams: the fast path's stale-snapshot guard and its fallback must keep every answer exact."""
+    other = await PostgresEventStore.connect(database_url, max_size=4)
+    streams = [f"task-{uuid.uuid4()}" for _ in range(3)]
+    wins: dict[str, int] = {s: 0 for s in streams}
+    conflicts = 0
+
+    async def writer(s: PostgresEventStore, seed: int) -> None:
+        nonlocal conflicts
+        rng = random.Random(seed)
+        for _ in range(30):
+            stream = rng.choice(streams)
+            version = await s.stream_version(stream)
+            try:
+                result = await s.append(stream, version or NO_STREAM, [NewEvent("race", {"seed": seed})])
+            except WrongExpectedVersion as exc:
+                assert exc.actual > version  # refused only because someone else got there first
+                conflicts += 1
+                continue
+            assert result.version == version + 1
+            wins[stream] += 1
+
+    before = store.commit_counts.copy() + other.commit_counts
+    try:
+        await asyncio.gather(*(writer(store if i % 2 else other, i) for i in range(12)))
+    finally:
+        await other.close()
+    counts = store.commit_counts + other.commit_counts
+    counts.subtract(before)
+    assert counts["fast"] > 0 and counts["fast_guard_refused"] > 0  # both paths ran
+    for stream in streams:
+        events = await store.read_stream(stream)
+        assert [e.version for e in events] == list(range(1, wins[stream] + 1))
+    assert conflicts > 0  # the race really happened
+
+
+async def test_fast_path_collision_after_a_stale_snapshot_falls_back_exactly(store: PostgresEventStore, database_url: str) -> None:
+    """Another writer holds the append lock and commits version 1 while the fast path's
+    statement waits for the lock with a snapshot that cannot see it: the insert collides, the
+    batch is decided again under the lock, and the answer names the real version."""
+    stream = f"task-{uuid.uuid4()}"
+    before = store.commit_counts["fast_collided"]
+    async with await psycopg.AsyncConnection.connect(database_url) as other:
+        await other.execute(INSERT, (stream, 1, uuid.uuid4(), json.dumps({})))  # holds the lock until commit
+        append = asyncio.create_task(store.append(stream, NO_STREAM, [NewEvent("late", {})]))
+        await asyncio.sleep(0.3)  # the fast path's statement has started and waits for the lock
+        assert not append.done()
+        await other.commit()
+    with pytest.raises(WrongExpectedVersion) as info:
+        await append
+    assert info.value.actual == 1
+    assert store.commit_counts["fast_collided"] == before + 1
+    assert [e.type for e in await store.read_stream(stream)] == ["torture.event"]

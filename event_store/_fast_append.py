@@ -1,0 +1,114 @@
+"""The fast path of a group commit: one INSERT statement, no PL/pgSQL.
+
+Taken when every append in the batch pins its expected version (an exact version or "no
+stream"), carries no idempotency key, writes at least one event per stream, and no stream
+appears twice in the batch: then each event's version is known before the statement runs.
+
+Why it is exact although the statement's snapshot predates the append lock (READ COMMITTED
+takes the snapshot when the statement starts; the lock is taken by the statement trigger just
+after): the guard compares each stream's newest version in that snapshot with the expected one.
+The snapshot can only be behind the truth, never ahead. If it shows the expected version and the
+stream really moved on, the new rows collide with ``events_stream_version`` and the statement
+fails; if it shows something else, nothing is inserted. Either way the batch then goes through
+``taskstream_append``, which decides under the lock and gives every append its exact answer.
+Positions are handed out after the lock, so commit order holds as on the slow path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, NewEvent
+
+
+class _Part(Protocol):
+    stream: str
+    expected_version: ExpectedVersion
+    events: Sequence[NewEvent]
+
+
+class _Append(Protocol):
+    parts: list[Any]
+    metadata: dict[str, Any]
+    key: str | None
+
+
+FAST_INSERT = """
+WITH heads AS (
+    SELECT h.stream, h.expected
+      FROM jsonb_to_recordset(%(heads)s::jsonb) AS h(stream text, expected bigint)
+), guard AS (
+    SELECT bool_and(COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = h.stream), 0) = h.expected) AS ok
+      FROM heads h
+), wake AS (
+    SELECT pg_notify('taskstream_events', '') WHERE %(notify)s
+)
+INSERT INTO events (stream_id, version, event_id, type, schema_version, data, metadata)
+SELECT r.stream_id, r.version, r.event_id, r.type, r.schema_version, r.data, r.metadata
+  FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
+       AS (stream_id text, version bigint, event_id uuid, type text, schema_version integer, data jsonb, metadata jsonb))
+       WITH ORDINALITY AS r(stream_id, version, event_id, type, schema_version, data, metadata, ord)
+ CROSS JOIN guard
+ WHERE guard.ok AND (NOT %(notify)s OR EXISTS (SELECT 1 FROM wake))
+ ORDER BY r.ord
+RETURNING event_id, global_position
+"""
+
+
+def eligible(batch: Sequence[_Append]) -> bool:
+    streams: set[str] = set()
+    for append in batch:
+        if append.key is not None:
+            return False
+        for part in append.parts:
+            if part.stream in streams or not part.events:
+                return False
+            if not (isinstance(part.expected_version, int) or part.expected_version == NO_STREAM):
+                return False
+            streams.add(part.stream)
+    return True
+
+
+def params(batch: Sequence[_Append], notify: bool) -> dict[str, Any]:
+    heads: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for append in batch:
+        for part in append.parts:
+            base = _base(part.expected_version)
+            heads.append({"stream": part.stream, "expected": base})
+            rows.extend(
+                {"stream_id": part.stream, "version": base + offset, "event_id": str(event.id), "type": event.type,
+                 "schema_version": event.schema_version, "data": event.data, "metadata": append.metadata}  # fmt: skip
+                for offset, event in enumerate(part.events, start=1)
+            )
+    return {"heads": json.dumps(heads), "rows": json.dumps(rows, separators=(",", ":")), "notify": notify}
+
+
+def row_count(batch: Sequence[_Append]) -> int:
+    return sum(len(part.events) for append in batch for part in append.parts)
+
+
+def results(batch: Sequence[_Append], positions: dict[Any, int]) -> list[list[AppendResult] | Exception]:
+    outcomes: list[list[AppendResult] | Exception] = []
+    for append in batch:
+        parts = []
+        for part in append.parts:
+            ids = tuple(e.id for e in part.events)
+            parts.append(
+                AppendResult(
+                    stream=part.stream,
+                    version=_base(part.expected_version) + len(ids),
+                    first_position=positions[ids[0]],
+                    last_position=positions[ids[-1]],
+                    event_ids=ids,
+                )
+            )
+        outcomes.append(parts)
+    return outcomes
+
+
+def _base(expected: ExpectedVersion) -> int:
+    return expected if isinstance(expected, int) else 0
+
