@@ -1,7 +1,8 @@
 """The relay: tails the events table and publishes every event to the Kafka-compatible log.
 
 Topic per category (``events.task``), key = stream id, value = the event's JSON (the same form
-as the table), CloudEvents binary-mode headers plus the trace context. At least once: the
+as the table, less the fields an event type marks private, such as a password hash),
+CloudEvents binary-mode headers plus the trace context. At least once: the
 checkpoint moves only after the broker acknowledged the whole batch (acks=all), so a crash or
 a broker failure re-publishes from the checkpoint, and consumers deduplicate by event id.
 
@@ -18,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from event_store.checkpoints import Checkpoints
@@ -51,6 +52,16 @@ def topic_for(prefix: str, category: str) -> str:
 
 def encode_value(event: RecordedEvent) -> bytes:
     return json.dumps(event.to_json(), separators=(",", ":")).encode()
+
+
+Redactor = Callable[[str, dict[str, Any]], dict[str, Any]]  # (type, data) -> data fit to publish
+
+
+def redacted(event: RecordedEvent, redact: Redactor | None) -> RecordedEvent:
+    if redact is None:
+        return event
+    data = redact(event.type, event.data)
+    return event if data is event.data else replace(event, data=data)
 
 
 def cloudevent_headers(event: RecordedEvent, source: str) -> list[tuple[str, bytes]]:
@@ -86,6 +97,7 @@ class Relay:
         *,
         ensure_topics: Callable[[Iterable[str]], Any] | None = None,
         observe: LagObserver | None = None,
+        redact: Redactor | None = None,
     ) -> None:
         self._store = store
         self._checkpoints = checkpoints
@@ -93,6 +105,7 @@ class Relay:
         self._config = config
         self._ensure_topics = ensure_topics
         self._observe = observe
+        self._redact = redact
         self._known_topics: set[str] = set()
         self.position = 0
 
@@ -131,7 +144,7 @@ class Relay:
         acks = [
             await self._producer.send(
                 topic_for(self._config.topic_prefix, event.category),
-                value=encode_value(event),
+                value=encode_value(redacted(event, self._redact)),
                 key=event.stream.encode(),
                 timestamp_ms=int(event.recorded_at.timestamp() * 1000),
                 headers=cloudevent_headers(event, self._config.source),

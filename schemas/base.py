@@ -16,6 +16,8 @@ class DomainEvent(BaseModel):
 
     TYPE: ClassVar[str]
     SCHEMA_VERSION: ClassVar[int] = 1
+    # Fields kept in the store (the audit log) but left out wherever events are published.
+    PRIVATE_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     def to_new_event(self) -> NewEvent:
         return NewEvent(type=self.TYPE, schema_version=self.SCHEMA_VERSION, data=self.model_dump(mode="json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from schemas.base import Command, DomainEvent
 from schemas.projects import PROJECT_COMMANDS, PROJECT_EVENTS, PROJECT_NAME_COMMANDS, PROJECT_NAME_EVENTS
@@ -22,3 +23,16 @@ if len(COMMANDS_BY_TYPE) != len(COMMANDS):
 def registry() -> Registry:
     """The registry of every event type (no upcasters yet: everything is at version 1)."""
     return Registry.of(EVENTS)
+
+
+@lru_cache(maxsize=1)
+def _private_fields() -> dict[str, frozenset[str]]:
+    return {cls.TYPE: cls.PRIVATE_FIELDS for cls in EVENTS if cls.PRIVATE_FIELDS}
+
+
+def public_data(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An event's data as it may be published: private fields (a password hash) removed."""
+    private = _private_fields().get(type_)
+    if not private:
+        return data
+    return {k: v for k, v in data.items() if k not in private}

@@ -32,6 +32,7 @@ Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)
 
 class UserRegistered(DomainEvent):
     TYPE: ClassVar[str] = "user.registered"
+    PRIVATE_FIELDS: ClassVar[frozenset[str]] = frozenset({"password_hash"})
 
     user_id: uuid.UUID
     email: Email

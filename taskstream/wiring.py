@@ -16,6 +16,7 @@ from event_store.checkpoints import Checkpoints
 from event_store.kafka import ensure_topics, make_producer
 from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
+from schemas.catalog import public_data
 from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings
 
@@ -62,6 +63,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             ),
             ensure_topics=partial(ensure_topics, settings.kafka_bootstrap_servers),
             observe=observe,
+            redact=public_data,
         )
         started = time.monotonic()
         await relay.run(stop)

@@ -15,6 +15,7 @@ from event_store.checkpoints import Checkpoints
 from event_store.kafka import ensure_topics, make_producer
 from event_store.postgres import PostgresEventStore
 from event_store.relay import Relay, RelayConfig
+from schemas.catalog import public_data
 from schemas.envelope import ANY, NewEvent
 
 pytestmark = pytest.mark.kafka
@@ -56,7 +57,9 @@ async def run_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstr
     producer = make_producer(bootstrap)
     await producer.start()
     stop = asyncio.Event()
-    relay = Relay(store, checkpoints, producer, config, ensure_topics=lambda topics: ensure_topics(bootstrap, topics))
+    relay = Relay(
+        store, checkpoints, producer, config, ensure_topics=lambda topics: ensure_topics(bootstrap, topics), redact=public_data
+    )
     started_at = await checkpoints.get(config.checkpoint_name)
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -130,3 +133,18 @@ async def test_trace_context_travels_in_headers(
     await run_relay(store, checkpoints, kafka_bootstrap, config, result.last_position)
     records = await consume(kafka_bootstrap, [f"{config.topic_prefix}user"], want=1)
     assert records[0][3]["traceparent"].decode() == traceparent
+
+
+async def test_a_password_hash_stays_in_the_store(
+    store: PostgresEventStore, kafka_bootstrap: str, relay_env: tuple[RelayConfig, Checkpoints]
+) -> None:
+    config, checkpoints = relay_env
+    data = {"user_id": str(uuid.uuid4()), "email": "a@example.org", "display_name": "A", "password_hash": "$argon2id$v=19$x", "role": "member"}
+    result = await store.append(f"user-{data['user_id']}", ANY, [NewEvent("user.registered", data)])
+    assert result.last_position is not None
+    await run_relay(store, checkpoints, kafka_bootstrap, config, result.last_position)
+    records = await consume(kafka_bootstrap, [f"{config.topic_prefix}user"], want=1)
+    published = json.loads(records[0][2])
+    assert published["type"] == "user.registered" and published["data"]["email"] == "a@example.org"
+    assert "password_hash" not in published["data"]
+    assert (await store.read_stream(f"user-{data['user_id']}"))[0].data["password_hash"] == data["password_hash"]

@@ -54,3 +54,14 @@ def test_cloudevents_headers() -> None:
 
 def test_topic_per_category() -> None:
     assert topic_for("events.", "task") == "events.task"
+
+
+def test_private_fields_are_left_out_of_published_events() -> None:
+    from event_store.relay import redacted
+    from schemas.catalog import public_data
+
+    registered = event(type="user.registered", data={"user_id": "u", "email": "a@b.co", "password_hash": "$argon2id$x"})
+    published = json.loads(encode_value(redacted(registered, public_data)))
+    assert "password_hash" not in published["data"] and published["data"]["email"] == "a@b.co"
+    other = event(type="task.submitted", data={"kind": "x"})
+    assert redacted(other, public_data) is other
