@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,8 +16,6 @@ from taskstream.settings import Settings, SettingsError
 
 
 def _settings() -> Settings:
-    import os
-
     return Settings.from_env(dev_mode=os.environ.get("TASKSTREAM_DEV_MODE") == "1")
 
 
@@ -75,9 +74,19 @@ def cmd_relay(_args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    """Mint a token with the configured key; in a dev checkout, with the dev stack's secret."""
     from gateway.auth import build_auth
+    from taskstream.devstack import DEV_HOME, dev_secret_path
 
-    issuer, _ = build_auth(_settings())
+    overrides: dict[str, object] = {"database_url": os.environ.get("DATABASE_URL", "unused")}
+    keyless = not any(os.environ.get(v) for v in ("JWT_SECRET", "JWT_PRIVATE_KEY_FILE"))
+    secret_file = dev_secret_path(Path(os.environ.get("TASKSTREAM_HOME", DEV_HOME)))
+    if keyless and secret_file.exists():
+        overrides["jwt_secret"] = secret_file.read_text().strip()
+    elif keyless:
+        print("taskstream token: no signing key: set JWT_SECRET (or JWT_PRIVATE_KEY_FILE), or start `make dev` once", file=sys.stderr)
+        return 2
+    issuer, _ = build_auth(Settings.from_env(**overrides))
     if issuer is None:
         print("taskstream token: this configuration verifies tokens but holds no signing key", file=sys.stderr)
         return 2
@@ -124,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskstream", description="An event-sourced CQRS backend for tasks.")
     sub = p.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run everything on embedded servers")
-    dev.add_argument("--home", default=".taskstream", help="where the embedded servers keep their data")
+    dev.add_argument("--home", default=os.environ.get("TASKSTREAM_HOME", ".taskstream"), help="where the embedded servers keep their data")
     dev.set_defaults(func=cmd_dev)
     mig = sub.add_parser("migrate", help="upgrade (or downgrade) the database schema")
     mig.add_argument("--revision", default="head")

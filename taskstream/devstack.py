@@ -43,9 +43,16 @@ class DevPorts:
         )
 
 
+DEV_HOME = ".taskstream"
+
+
+def dev_secret_path(home: Path) -> Path:
+    return home / "jwt-secret"
+
+
 def dev_secret(home: Path) -> str:
     """The dev stack's JWT secret: generated once, kept so tokens survive a restart."""
-    path = home / "jwt-secret"
+    path = dev_secret_path(home)
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(48))
@@ -62,8 +69,17 @@ class _Stop(Exception):
 
 def run(home: Path, ports: DevPorts) -> int:
     home = home.resolve()
-    for name, port in (("gateway", ports.http),):
-        embedded.ensure_port_free(name, port, "TASKSTREAM_HTTP_PORT")
+    try:  # every port before anything starts, so a clash leaves nothing half-started
+        for name, port, var in (
+            ("the gateway", ports.http, "TASKSTREAM_HTTP_PORT"),
+            ("PostgreSQL", ports.postgres, "TASKSTREAM_PG_PORT"),
+            ("Valkey", ports.redis, "TASKSTREAM_REDIS_PORT"),
+            ("tansu", ports.kafka, "TASKSTREAM_KAFKA_PORT"),
+        ):
+            embedded.ensure_port_free(name, port, var)
+    except embedded.PortInUse as exc:
+        print(f"taskstream dev: {exc}", file=sys.stderr)
+        return 1
     started: list[embedded.ServerProcess] = []
 
     def on_signal(signum: int, _frame: object) -> None:

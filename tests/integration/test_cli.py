@@ -1,0 +1,71 @@
+"""The ``taskstream`` command as an operator runs it: a real process, real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from event_store.postgres import PostgresEventStore
+from gateway.auth import build_auth
+from schemas.envelope import NO_STREAM, NewEvent
+from taskstream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def taskstream(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskstream.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
+    )  # fmt: skip
+
+
+async def test_token_mints_a_token_the_gateway_accepts() -> None:
+    secret = uuid.uuid4().hex * 2
+    done = await asyncio.to_thread(taskstream, "token", "--user", "u-1", "--role", "analyst", env={"JWT_SECRET": secret, "DATABASE_URL": ""})
+    assert done.returncode == 0, done.stderr
+    _, verifier = build_auth(Settings(database_url="unused", jwt_secret=secret))
+    principal = await verifier.verify(done.stdout.strip())
+    assert (principal.subject, principal.role) == ("u-1", "analyst")
+
+
+async def test_token_without_any_key_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {"JWT_SECRET": "", "JWT_PRIVATE_KEY_FILE": "", "TASKSTREAM_HOME": str(tmp_path)}
+    done = await asyncio.to_thread(taskstream, "token", "--user", "u", "--role", "admin", env=env)
+    assert done.returncode == 2 and "JWT_SECRET" in done.stderr
+
+
+async def test_migrate_is_idempotent_and_tail_prints_events(store: PostgresEventStore, database_url: str) -> None:
+    done = await asyncio.to_thread(taskstream, "migrate", env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    start = await store.head_position()
+    stream = f"task-{uuid.uuid4()}"
+    await store.append(stream, NO_STREAM, [NewEvent("task.touched", {"i": i}) for i in range(3)])
+    done = await asyncio.to_thread(taskstream, "tail", "--after", str(start), env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["stream"], e["data"]["i"]) for e in printed if e["stream"] == stream] == [(stream, 0), (stream, 1), (stream, 2)]
+
+
+async def test_dev_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"TASKSTREAM_PG_PORT": str(port), "TASKSTREAM_HTTP_PORT": "0"}
+        done = await asyncio.to_thread(taskstream, "dev", "--home", str(tmp_path / "home"), env=env)
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in done.stderr and "TASKSTREAM_PG_PORT" in done.stderr
+    assert not (tmp_path / "home" / "postgres").exists()
+
+
+async def test_a_missing_database_url_is_a_clear_error() -> None:
+    done = await asyncio.to_thread(taskstream, "migrate", env={"DATABASE_URL": ""})
+    assert done.returncode == 2 and "DATABASE_URL is not set" in done.stderr
