@@ -199,6 +199,17 @@ async def test_expired_token_is_refused_but_leeway_is_honoured() -> None:
     assert (await lenient.verify(token)).subject == "user-1"
 
 
+async def test_a_cached_verification_ends_when_the_token_expires() -> None:
+    now = [time.time()]
+    issuer, verifier = build_auth(hs_settings(), leeway_seconds=0, clock=lambda: now[0])
+    assert issuer is not None
+    token = issuer.issue("user-1", "member", ttl_seconds=60)
+    assert (await verifier.verify(token)).subject == "user-1"
+    assert (await verifier.verify(token)).subject == "user-1"  # served from the cache
+    now[0] += 61
+    assert (await refused(verifier, token)).reason == "token expired"
+
+
 async def test_token_not_yet_valid_is_refused() -> None:
     _, verifier = hs_issuer_and_verifier()
     token = craft({"alg": "HS256", "typ": "JWT"}, valid_claims(nbf=int(time.time()) + 600), SECRET.encode())
