@@ -19,17 +19,15 @@ Caveat: the load generator is Python, in this process, on the same 2-core machin
 process, PostgreSQL, Valkey and tansu. It takes CPU from the servers, so absolute requests/s are
 lower than a separate load machine would see; the JSON reports the cores each side kept busy
 (``*_cpu_cores``, from /proc) to show who was saturated. The client is BENCH_CLIENT:
-``aiohttp`` (default when installed; it comes with faust-streaming) or ``httpx`` (64
+``aiohttp`` (default when installed; it is in the ``dev`` extra) or ``httpx`` (64
 AsyncClients of one connection each). httpx costs about 1.6 ms of client CPU per request, so
 with it the client saturates a core at about 500 requests/s and caps the plain baseline there,
 which inflates the ratio; aiohttp costs about a fifth of that.
 
 Uses DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS if all are set, else starts embedded
 PostgreSQL (fsync on, as in production), Valkey and tansu in a temporary folder; migrations are
-applied either way. The gateway gets a generated JWT_SECRET, TASKSTREAM_DEV_MODE=1 and a rate
-RATE_LIMIT_PER_MINUTE too high to trip (a limiter, where there is one, runs but never refuses). The
-relay is not started. If the gateway is not built yet (no ``gateway/app.py`` or no
-``taskstream.wiring.build_gateway``), only the baseline is measured and the line says so.
+applied either way. The gateway gets a generated JWT_SECRET and TASKSTREAM_DEV_MODE=1. The relay
+is not started.
 
 Prints one JSON line: requests/s, p50 and p99 for both, ratio = gateway rps / plain rps,
 goal = ratio >= 0.5 and gateway p99 <= 50 ms. Every child process is stopped at the end.
@@ -296,17 +294,6 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
 # --- gateway setup through the API ---------------------------------------------------------
 
 
-def gateway_built() -> str | None:
-    """None when the gateway can be started, else why not."""
-    if importlib.util.find_spec("gateway.app") is None:
-        return "gateway/app.py does not exist yet"
-    import taskstream.wiring
-
-    if not hasattr(taskstream.wiring, "build_gateway"):
-        return "taskstream.wiring.build_gateway does not exist yet"
-    return None
-
-
 async def wait_ready(base: str, alive: Any, timeout: float = 60.0) -> None:
     """Poll /readyz until it is not 503 (a missing route counts as ready: the port is open)."""
     import httpx
@@ -360,15 +347,14 @@ async def gateway_setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, 
 # --- orchestration -------------------------------------------------------------------------
 
 
-async def measure(plain_url: str, plain_pid: int, gateway: tuple[str, dict[str, str], int] | None, db_pid: int | None) -> dict[str, Any]:
+async def measure(plain_url: str, plain_pid: int, gateway: tuple[str, dict[str, str], int], db_pid: int | None) -> dict[str, Any]:
+    url, headers, gateway_pid = gateway
     plain: list[Run] = []
     gw: list[Run] = []
     for _ in range(REPEATS):  # alternate, so drift in machine load hits both alike
         plain.append(await load(plain_url, {}, server_pid=plain_pid, db_pid=db_pid))
-        if gateway is not None:
-            url, headers, pid = gateway
-            gw.append(await load(url, headers, server_pid=pid, db_pid=db_pid))
-    return {"plain": summarize(plain), "gateway": summarize(gw) if gw else None}
+        gw.append(await load(url, headers, server_pid=gateway_pid, db_pid=db_pid))
+    return {"plain": summarize(plain), "gateway": summarize(gw)}
 
 
 def main() -> int:
@@ -413,33 +399,29 @@ def main() -> int:
         started.append(plain)
         embedded.wait_until(lambda: embedded.accepts(plain_port), plain, timeout=30)
 
-        skipped = gateway_built()
-        gateway = None
-        if skipped is None:
-            http_port = embedded.free_port()
-            env = {
-                **os.environ,
-                "DATABASE_URL": db_url,
-                "REDIS_URL": redis_url,
-                "KAFKA_BOOTSTRAP_SERVERS": kafka,
-                "HTTP_HOST": HOST,
-                "HTTP_PORT": str(http_port),
-                "JWT_SECRET": secrets.token_urlsafe(48),
-                "TASKSTREAM_DEV_MODE": "1",
-                "BLOB_DIR": str(folder / "blobs"),
-                "RATE_LIMIT_PER_MINUTE": str(10**9),
-            }
-            proc = embedded.spawn("gateway", [sys.executable, "-m", "taskstream.cli", "serve"], folder / "gateway.log", env=env, cwd=ROOT)
-            gw = embedded.ServerProcess("gateway", f"http://{HOST}:{http_port}", http_port, proc, folder / "gateway.log")
-            started.append(gw)
-            embedded.wait_until(lambda: embedded.accepts(http_port), gw, timeout=60)
-            try:
-                asyncio.run(wait_ready(gw.url, gw.alive))
-                url, headers = asyncio.run(gateway_setup(gw.url, env))
-            except Exception:
-                print(f"gateway log tail:\n{gw.log_tail()}", file=sys.stderr)
-                raise
-            gateway = (url, headers, gw.process.pid)
+        http_port = embedded.free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "REDIS_URL": redis_url,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka,
+            "HTTP_HOST": HOST,
+            "HTTP_PORT": str(http_port),
+            "JWT_SECRET": secrets.token_urlsafe(48),
+            "TASKSTREAM_DEV_MODE": "1",
+            "BLOB_DIR": str(folder / "blobs"),
+        }
+        proc = embedded.spawn("gateway", [sys.executable, "-m", "taskstream.cli", "serve"], folder / "gateway.log", env=env, cwd=ROOT)
+        gw = embedded.ServerProcess("gateway", f"http://{HOST}:{http_port}", http_port, proc, folder / "gateway.log")
+        started.append(gw)
+        embedded.wait_until(lambda: embedded.accepts(http_port), gw, timeout=60)
+        try:
+            asyncio.run(wait_ready(gw.url, gw.alive))
+            url, headers = asyncio.run(gateway_setup(gw.url, env))
+        except Exception:
+            print(f"gateway log tail:\n{gw.log_tail()}", file=sys.stderr)
+            raise
+        gateway = (url, headers, gw.process.pid)
 
         figures = asyncio.run(measure(plain.url + "/tasks", plain.process.pid, gateway, db_pid))
         for server in started:
@@ -458,24 +440,24 @@ def main() -> int:
     line: dict[str, Any] = {
         "bench": "http_write",
         "unit": "requests/s and ms (median of repeats)",
-        "gateway_rps": g["rps"] if g else None,
-        "gateway_p50_ms": g["p50_ms"] if g else None,
-        "gateway_p99_ms": g["p99_ms"] if g else None,
+        "gateway_rps": g["rps"],
+        "gateway_p50_ms": g["p50_ms"],
+        "gateway_p99_ms": g["p99_ms"],
         "plain_rps": p["rps"],
         "plain_p50_ms": p["p50_ms"],
         "plain_p99_ms": p["p99_ms"],
-        "ratio": round(g["rps"] / p["rps"], 3) if g else None,
+        "ratio": round(g["rps"] / p["rps"], 3),
         "goal": GOAL,
         "goal_met": False,
         "connections": CONNECTIONS,
-        "gateway_errors": g["errors"] if g else None,
+        "gateway_errors": g["errors"],
         "plain_errors": p["errors"],
-        "valid": p["errors"] == 0 and (g is None or g["errors"] == 0),
-        "gateway_requests": g["requests"] if g else None,
+        "valid": p["errors"] == 0 and g["errors"] == 0,
+        "gateway_requests": g["requests"],
         "plain_requests": p["requests"],
-        "gateway_rps_runs": g["rps_runs"] if g else None,
+        "gateway_rps_runs": g["rps_runs"],
         "plain_rps_runs": p["rps_runs"],
-        "gateway_cpu_cores": g["cpu_cores"] if g else None,
+        "gateway_cpu_cores": g["cpu_cores"],
         "plain_cpu_cores": p["cpu_cores"],
         "client": CLIENT,
         "plain_pool": PLAIN_POOL,
@@ -484,13 +466,10 @@ def main() -> int:
         "repeats": REPEATS,
         "cpus": os.cpu_count(),
     }
-    if g:
-        line["goal_met"] = bool(line["valid"] and line["ratio"] >= 0.5 and g["p99_ms"] <= 50)
-    if p["errors"] or (g and g["errors"]):
-        line["gateway_statuses"] = g["statuses"] if g else None
+    line["goal_met"] = bool(line["valid"] and line["ratio"] >= 0.5 and g["p99_ms"] <= 50)
+    if p["errors"] or g["errors"]:
+        line["gateway_statuses"] = g["statuses"]
         line["plain_statuses"] = p["statuses"]
-    if skipped:
-        line["skipped"] = f"gateway not measured: {skipped}"
     print(json.dumps(line))
     return 0 if line["valid"] else 1
 
