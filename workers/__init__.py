@@ -1,0 +1,1 @@
+"""The task worker pool: task handlers, storage of results (``workers.blobs``), webhooks."""
