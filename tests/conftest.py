@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,30 +46,29 @@ def database_url(server_dir: Path) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_url(server_dir: Path) -> Iterator[str]:
-    external = os.environ.get("TEST_REDIS_URL")
+def _external_or_embedded(var: str, start: Callable[[], embedded.ServerProcess]) -> Iterator[str]:
+    """The server named by ``var`` in the environment, or an embedded one for the session."""
+    external = os.environ.get(var)
     if external:
         yield external
         return
-    server = embedded.start_valkey(server_dir / "valkey", embedded.free_port())
+    server = start()
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(server_dir: Path) -> Iterator[str]:
+    yield from _external_or_embedded("TEST_REDIS_URL", lambda: embedded.start_valkey(server_dir / "valkey", embedded.free_port()))
 
 
 @pytest.fixture(scope="session")
 def tansu_bootstrap(server_dir: Path) -> Iterator[str]:
-    external = os.environ.get("TEST_KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    server = embedded.start_tansu(server_dir / "tansu", embedded.free_port())
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _external_or_embedded(
+        "TEST_KAFKA_BOOTSTRAP_SERVERS", lambda: embedded.start_tansu(server_dir / "tansu", embedded.free_port())
+    )
 
 
 @pytest.fixture(scope="session")
@@ -93,15 +92,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def s3_endpoint(server_dir: Path) -> Iterator[str]:
-    external = os.environ.get("TEST_S3_ENDPOINT_URL")
-    if external:
-        yield external
-        return
-    server = embedded.start_moto(server_dir / "moto", embedded.free_port())
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _external_or_embedded("TEST_S3_ENDPOINT_URL", lambda: embedded.start_moto(server_dir / "moto", embedded.free_port()))
 
 
 @pytest.fixture(scope="session")
