@@ -28,6 +28,7 @@ from event_store.checkpoints import Checkpoints  # noqa: E402
 from event_store.kafka import ensure_topics, make_producer  # noqa: E402
 from event_store.postgres import PostgresEventStore  # noqa: E402
 from event_store.relay import Relay, RelayConfig  # noqa: E402
+from schemas.catalog import public_data  # noqa: E402
 from schemas.envelope import ANY, NewEvent, RecordedEvent  # noqa: E402
 
 SAMPLES = int(os.environ.get("BENCH_SAMPLES", 200))
@@ -55,7 +56,8 @@ async def measure(db_url: str, bootstrap: str) -> dict[str, float]:
         for event in batch:
             acked[event.id] = now
 
-    relay = Relay(store, checkpoints, producer, RelayConfig(topic_prefix=prefix, checkpoint_name=name), observe=observe)
+    config = RelayConfig(topic_prefix=prefix, checkpoint_name=name)
+    relay = Relay(store, checkpoints, producer, config, observe=observe, redact=public_data)
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     await asyncio.sleep(0.5)

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from commands.decider import Decider
-from commands.errors import Conflict, DomainError, ValidationFailed
-from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpectedVersion
+from commands.errors import Conflict, ValidationFailed
+from event_store.errors import IdempotencyKeyReused, WrongExpectedVersion
 from event_store.protocol import EventStore, StreamAppend
 from schemas.base import DomainEvent
 from schemas.catalog import registry
@@ -48,12 +48,6 @@ class IdempotencyKeyMismatch(ValidationFailed):
             "this Idempotency-Key was already used with another request; use a new key",
             errors=[{"field": "Idempotency-Key", "message": "already used for a different request"}],
         )
-
-
-class Unavailable(DomainError):
-    slug = "unavailable"
-    title = "The event store is unavailable"
-    status = 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +113,12 @@ Plan = Callable[[], Awaitable[list[StreamAppend]]]
 
 
 async def execute(store: EventStore, plan: Plan, ctx: WriteContext, *, retries: int = 3) -> Written:
-    """Run ``plan`` and append; the store's errors become domain errors here, once."""
+    """Run ``plan`` and append. A reused idempotency key becomes a domain error here; the
+    store being unavailable is left to the edge (503), wherever in a use case it happens."""
     try:
         return await _execute(store, plan, ctx, retries)
     except IdempotencyKeyReused:
         raise IdempotencyKeyMismatch from None
-    except StoreUnavailable as exc:
-        raise Unavailable(str(exc)) from exc
 
 
 async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: int) -> Written:
@@ -144,7 +137,9 @@ async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: in
                 parts, ctx.metadata, idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint
             )
         except WrongExpectedVersion as exc:
-            if ctx.if_match is not None or attempt == retries:
+            # If-Match pins the primary stream only: a race on a secondary (a name claim) is retried.
+            pinned = ctx.if_match is not None and exc.stream == primary.stream
+            if pinned or attempt == retries:
                 raise VersionConflict(exc.stream, exc.expected, exc.actual) from exc
             continue
         return Written(tuple(results))

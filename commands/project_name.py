@@ -75,12 +75,8 @@ def decide(state: State, command: ProjectNameCommand) -> list[ProjectNameEvent]:
                 ]
             if state.project_id == command.project_id:
                 return []
-            raise NameTaken(
-                f"owner {command.owner_id} already has a project named {state.name!r}",
-                owner_id=str(command.owner_id),
-                name=state.name,
-                project_id=str(state.project_id),
-            )
+            # Says nothing of the other project: the caller may not be allowed to see it.
+            raise NameTaken(f"the owner already has a project named {command.name!r}", name=command.name)
         case ReleaseProjectName():
             if state is None or state.project_id != command.project_id:
                 return []

@@ -42,17 +42,21 @@ class Service:
     async def _run(self, plan: Any, ctx: WriteContext) -> Written:
         return await execute(self.store, plan, ctx, retries=self.retries)
 
-    async def _active_actor(self, actor: Actor) -> None:
-        """A deactivated user's tokens stop working for writes at once."""
+    async def _current(self, actor: Actor) -> Actor:
+        """The caller as stored now, not as the token remembers: a deactivation or a role
+        change takes effect on the next write, whatever the token's lifetime."""
         stream = _actor_stream(actor)
-        if stream is not None:
-            _require_active((await load(self.store, user.DECIDER, stream)).state)
+        if stream is None:
+            return actor
+        return _as_stored(actor, (await load(self.store, user.DECIDER, stream)).state)
 
     # --- users -----------------------------------------------------------------------------
 
     async def register_user(
         self, actor: Actor | None, *, email: str, display_name: str, password: str, role: str, ctx: WriteContext
     ) -> Written:
+        if actor is not None:
+            actor = await self._current(actor)
         if role != "member" and (actor is None or not actor.is_admin):
             raise Forbidden("only an admin may register a user with another role than member")
         password_hash = await asyncio.to_thread(passwords.hash_password, password)
@@ -79,20 +83,21 @@ class Service:
         return account
 
     async def update_user(self, actor: Actor, user_id: uuid.UUID, *, display_name: str, ctx: WriteContext) -> Written:
+        actor = await self._current(actor)
         authz.self_or_admin(actor, user_id)
         return await self._on_user(actor, user_id, UpdateUserProfile(user_id=user_id, display_name=display_name), ctx)
 
     async def change_role(self, actor: Actor, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
+        actor = await self._current(actor)
         authz.admin_only(actor)
         return await self._on_user(actor, user_id, ChangeUserRole(user_id=user_id, role=role), ctx)  # type: ignore[arg-type]
 
     async def deactivate_user(self, actor: Actor, user_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
+        actor = await self._current(actor)
         authz.self_or_admin(actor, user_id)
         return await self._on_user(actor, user_id, DeactivateUser(user_id=user_id, reason=reason), ctx)
 
     async def _on_user(self, actor: Actor, user_id: uuid.UUID, command: Any, ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
-
         async def plan() -> list[StreamAppend]:
             account = await load(self.store, user.DECIDER, user.stream_for(user_id))
             return [account.append(user.decide(account.state, command))]
@@ -102,8 +107,8 @@ class Service:
     # --- projects --------------------------------------------------------------------------
 
     async def create_project(self, actor: Actor, *, name: str, description: str, ctx: WriteContext) -> Written:
+        actor = await self._current(actor)
         authz.may_create_projects(actor)
-        await self._active_actor(actor)
         owner_id, project_id = actor.uuid(), uuid.uuid4()
 
         async def plan() -> list[StreamAppend]:
@@ -115,7 +120,7 @@ class Service:
         return await self._run(plan, ctx)
 
     async def update_project(self, actor: Actor, project_id: uuid.UUID, *, changes: dict[str, Any], ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
+        actor = await self._current(actor)
 
         async def plan() -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
@@ -131,7 +136,7 @@ class Service:
         return await self._run(plan, ctx)
 
     async def archive_project(self, actor: Actor, project_id: uuid.UUID, *, ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
+        actor = await self._current(actor)
 
         async def plan() -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
@@ -144,19 +149,20 @@ class Service:
         return await self._run(plan, ctx)
 
     async def put_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
-        member = (await load(self.store, user.DECIDER, user.stream_for(user_id))).state
-        if member is None or not member.active:
-            raise ValidationFailed("no active user with this id", errors=[{"field": "user_id", "message": "no active user with this id"}])
+        actor = await self._current(actor)
 
         async def plan() -> list[StreamAppend]:
-            proj = await self._project(project_id, actor, "manage")
+            proj = await self._project(project_id, actor, "manage")  # before anything about the member leaks
+            member = (await load(self.store, user.DECIDER, user.stream_for(user_id))).state
+            if member is None or not member.active:
+                message = "no active user with this id"
+                raise ValidationFailed(message, errors=[{"field": "user_id", "message": message}])
             return [proj.append(project.decide(proj.state, AddProjectMember(project_id=project_id, user_id=user_id, role=role)))]  # type: ignore[arg-type]
 
         return await self._run(plan, ctx)
 
     async def remove_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, ctx: WriteContext) -> Written:
-        await self._active_actor(actor)
+        actor = await self._current(actor)
 
         async def plan() -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
@@ -205,15 +211,14 @@ class Service:
         return await self._run(plan, ctx)
 
     async def _project_and_actor(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> tuple[Loaded[project.State], Loaded[user.State]]:
-        """The project and the acting user in one round trip; refuses a deactivated actor."""
+        """The project and the acting user in one round trip, access checked as _current does."""
         wanted: list[tuple[Any, str]] = [(project.DECIDER, project.stream_for(project_id))]
         actor_stream = _actor_stream(actor)
         if actor_stream is not None:
             wanted.append((user.DECIDER, actor_stream))
         loaded = await load_many(self.store, *wanted)
         account = loaded[1] if len(loaded) > 1 else Loaded("", None, 0)
-        _require_active(account.state)
-        authz.project_access(loaded[0].state, actor, need)
+        authz.project_access(loaded[0].state, _as_stored(actor, account.state), need)
         return loaded[0], account
 
 
@@ -224,6 +229,10 @@ def _actor_stream(actor: Actor) -> str | None:
         return None
 
 
-def _require_active(account: user.State) -> None:
-    if account is not None and not account.active:
+def _as_stored(actor: Actor, account: user.State) -> Actor:
+    """A token whose subject has no user stream (an operator's bootstrap admin) keeps its role."""
+    if account is None:
+        return actor
+    if not account.active:
         raise Forbidden("this user is deactivated")
+    return actor if account.role == actor.role else Actor(actor.user_id, account.role)

@@ -30,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -48,7 +49,6 @@ from schemas.envelope import ANY, NO_STREAM, AppendResult, ExpectedVersion, Meta
 
 log = logging.getLogger("taskstream.event_store")
 
-APPEND_LOCK_KEY = 7_306_010_001
 NOTIFY_CHANNEL = "taskstream_events"
 _COLUMNS = "global_position, stream_id, version, event_id, type, schema_version, data, metadata, recorded_at"
 
@@ -64,8 +64,24 @@ def request_fingerprint(parts: Sequence[StreamAppend]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+_STREAM_NAME = re.compile(r"^[a-z][a-z0-9_]*-.+$")  # the same as the CHECK on events.stream_id
+
+
 def _check_stream(stream: str) -> None:
     category_of(stream)  # raises ValueError on a malformed name
+    if not _STREAM_NAME.match(stream):
+        raise ValueError(f"stream name {stream!r}: the category must be lower-case letters, digits and _")
+
+
+def _check_json(data: Any, what: str) -> None:
+    """What PostgreSQL's jsonb refuses (NaN, infinities, NUL characters) or JSON cannot carry
+    is refused here, for this append alone, instead of failing the whole group commit."""
+    try:
+        encoded = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not storable as JSON: {exc}") from None
+    if "\\u0000" in encoded.replace("\\\\", ""):
+        raise ValueError(f"{what} contains a NUL character, which PostgreSQL cannot store")
 
 
 def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
@@ -93,9 +109,13 @@ class _Append:
 
 
 def make_pool(database_url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
-    """The pool the store expects: autocommit, so a read is one round trip (no BEGIN/COMMIT);
-    appends open their own transaction. Not opened yet: ``await pool.open()`` in a loop."""
-    return AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True})
+    """The pool the store expects: autocommit, so a read or a group commit is one statement and
+    one round trip; READ COMMITTED whatever the database's default, because taskstream_append
+    reads versions after taking the lock and relies on each statement taking a fresh snapshot,
+    and the fast path relies on a collision, not a serialization failure, when it is stale.
+    Not opened yet: ``await pool.open()`` in a running loop."""
+    kwargs = {"autocommit": True, "options": "-c default_transaction_isolation=read\\ committed"}
+    return AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False, kwargs=kwargs)
 
 
 class PostgresEventStore:
@@ -162,7 +182,9 @@ class PostgresEventStore:
         for part in parts:
             _check_stream(part.stream)
             expected = part.expected_version
-            if not isinstance(expected, int) and expected not in (ANY, NO_STREAM):
+            for event in part.events:
+                _check_json(event.data, f"the data of a {event.type!r} event")
+            if isinstance(expected, bool) or (not isinstance(expected, int) and expected not in (ANY, NO_STREAM)):
                 raise ValueError(f"expected_version must be an int, 'any' or 'no_stream', not {expected!r}")
             if isinstance(expected, int) and expected < 0:
                 raise ValueError("expected_version must not be negative")
@@ -171,6 +193,7 @@ class PostgresEventStore:
         meta = (metadata or Metadata()).to_json()
         if idempotency_key is not None:
             meta.setdefault("idempotency_key", idempotency_key)
+        _check_json(meta, "the metadata")
         future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
         self._pending.append(_Append(list(parts), meta, idempotency_key, fingerprint, future))
         if self._writer is None or self._writer.done():
@@ -188,35 +211,40 @@ class PostgresEventStore:
         return _results(rows[0][1]["parts"], replayed=True)
 
     async def _write_pending(self) -> None:
-        """Drain the queue: one transaction per batch; appends that arrive meanwhile form the next."""
+        """Drain the queue: one transaction per batch; appends that arrive meanwhile form the next.
+        Whatever happens, every append of a batch gets an answer: none is left waiting."""
         while self._pending:
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
             batch = [a for a in batch if not a.future.cancelled()]
             if not batch:
                 continue
+            outcomes: list[list[AppendResult] | BaseException]
             try:
-                outcomes = await self._commit(batch)
-            except psycopg.errors.IntegrityError:
-                # Only a caller-supplied duplicate event id gets here: find the offender.
-                outcomes = await self._commit_alone(batch)
-            except psycopg.Error as exc:
-                log.warning("append transaction failed: %s", exc)
-                outcomes = [StoreUnavailable(f"the event store failed: {type(exc).__name__}")] * len(batch)
-            for append, outcome in zip(batch, outcomes, strict=True):
-                if append.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    append.future.set_exception(outcome)
-                else:
-                    append.future.set_result(outcome)
+                try:
+                    outcomes = list(await self._commit(batch))
+                except (psycopg.errors.IntegrityError, psycopg.errors.DataError):
+                    # Something in one append the database refused: find it, the others go on.
+                    outcomes = list(await self._commit_alone(batch))
+                except psycopg.Error as exc:
+                    log.warning("append transaction failed: %s", exc)
+                    outcomes = [StoreUnavailable(f"the event store failed: {type(exc).__name__}")] * len(batch)
+            except BaseException as exc:  # noqa: BLE001 - answered below, then re-raised if fatal
+                log.exception("group commit failed")
+                outcomes = [StoreUnavailable("the event store failed unexpectedly")] * len(batch)
+                _answer(batch, outcomes)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            _answer(batch, outcomes)
 
     async def _commit_alone(self, batch: list[_Append]) -> list[list[AppendResult] | Exception]:
         outcomes: list[list[AppendResult] | Exception] = []
         for append in batch:
             try:
                 outcomes.extend(await self._commit([append]))
-            except psycopg.errors.IntegrityError as exc:
-                outcomes.append(StoreUnavailable(f"the append violated a constraint of the events table: {exc.diag.constraint_name}"))
+            except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+                log.warning("append refused by the database: %s", exc)
+                outcomes.append(ValueError(f"the database refused this append ({type(exc).__name__})"))
             except psycopg.Error as exc:
                 outcomes.append(StoreUnavailable(f"the event store failed: {type(exc).__name__}"))
         return outcomes
@@ -314,6 +342,16 @@ class PostgresEventStore:
                     break
 
 
+def _answer(batch: Sequence[_Append], outcomes: Sequence[list[AppendResult] | BaseException]) -> None:
+    for append, outcome in zip(batch, outcomes, strict=True):
+        if append.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            append.future.set_exception(outcome)
+        else:
+            append.future.set_result(outcome)
+
+
 _APPEND = "SELECT taskstream_append(%s::jsonb, %s)"
 _KNOWN_KEY = "SELECT fingerprint, result FROM idempotency_keys WHERE key = %s"
 
@@ -370,5 +408,5 @@ def _outcomes(answer: dict[str, Any]) -> list[list[AppendResult] | Exception]:
         elif kind == "key_reused":
             outcomes.append(IdempotencyKeyReused(raw["key"]))
         else:
-            raise StoreUnavailable(f"taskstream_append answered an unknown outcome {kind!r}")
+            outcomes.append(StoreUnavailable(f"taskstream_append answered an unknown outcome {kind!r}"))
     return outcomes

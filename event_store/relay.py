@@ -112,7 +112,6 @@ class Relay:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until ``stop`` is set. Failures are retried from the stored checkpoint."""
         stop = stop or asyncio.Event()
-        await self._topics([topic_for(self._config.topic_prefix, c) for c in CATEGORIES])
         while not stop.is_set():
             worker = asyncio.create_task(self._publish_from_checkpoint())
             stopper = asyncio.create_task(stop.wait())
@@ -128,6 +127,7 @@ class Relay:
                     await asyncio.wait_for(stop.wait(), self._config.retry_backoff)
 
     async def _publish_from_checkpoint(self) -> None:
+        await self._topics([topic_for(self._config.topic_prefix, c) for c in CATEGORIES])
         self.position = await self._checkpoints.get(self._config.checkpoint_name)
         log.info("relay publishing from position %d", self.position)
         subscription = self._store.subscribe(self.position, self._config.batch_size, poll_interval=self._config.poll_interval)

@@ -54,12 +54,41 @@ async def read_body(request: Request, model: type[B], max_bytes: int) -> tuple[B
         if len(raw) > max_bytes:
             raise ContentTooLarge(max_bytes)
     try:
-        data = json.loads(raw) if raw else None
+        data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"the body is not valid JSON: {exc}", errors=[{"field": "", "message": "invalid JSON"}]) from None
+    except _NotStorable as exc:
+        raise ValidationFailed(str(exc), errors=[{"field": "", "message": str(exc)}]) from None
+    if (where := _nul_at(data)) is not None:
+        message = "NUL characters are not accepted"
+        raise ValidationFailed(message, errors=[{"field": where, "message": message}])
     if not isinstance(data, dict):
         raise ValidationFailed("the body must be a JSON object", errors=[{"field": "", "message": "expected an object"}])
     return model.model_validate(data), bytes(raw)  # ValidationError -> 422 by the problem handlers
+
+
+class _NotStorable(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotStorable(f"{name} is not a JSON number and cannot be stored")
+
+
+def _nul_at(value: Any, path: str = "") -> str | None:
+    """The path of the first string (or key) holding a NUL character, which PostgreSQL refuses."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if "\x00" in key or (found := _nul_at(item, inner)) is not None:
+                return inner if "\x00" in key else found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _nul_at(item, f"{path}.{index}" if path else str(index))) is not None:
+                return found
+    return None
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:

@@ -118,7 +118,7 @@ def conflict(
     *,
     expected_version: int | str | None,
     actual_version: int | None,
-    slug: str = "wrong-expected-version",
+    slug: str = "version-conflict",
     title: str = "Conflict",
     **extensions: Any,
 ) -> ProblemResponse:
@@ -200,7 +200,7 @@ def from_problem_error(exc: BaseException, request: Request | None = None) -> Pr
         return None
     if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
         return None
-    detail = getattr(exc, "detail", None)
+    detail = getattr(exc, "detail", None) if status < 500 else None  # a 5xx's text goes to the log only
     if detail is None and status < 500:
         detail = str(exc) or None
     extensions = _call_mapping(exc, "extensions")

@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings, SettingsError
 
 
@@ -95,8 +96,15 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    """Print events in global order as JSON lines, from a position; --follow keeps tailing."""
+    """Print events in global order as JSON lines, from a position; --follow keeps tailing.
+    Private fields (a password hash) are left out, as on Kafka."""
     from event_store.postgres import PostgresEventStore
+    from schemas.catalog import public_data
+
+    def show(event: RecordedEvent) -> None:
+        body = event.to_json()
+        body["data"] = public_data(event.type, event.data)
+        print(json.dumps(body), flush=True)
 
     async def main() -> None:
         store = await PostgresEventStore.connect(_settings().database_url, min_size=1, max_size=2)
@@ -107,16 +115,24 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 position = args.after
                 while batch := await store.read_all(position, 1000):
                     for event in batch:
-                        print(json.dumps(event.to_json()), flush=True)
+                        show(event)
                     position = batch[-1].global_position
                 return
-            subscription = store.subscribe(args.after)
-            async with contextlib.aclosing(subscription):
-                async for batch in subscription:
-                    for event in batch:
-                        print(json.dumps(event.to_json()), flush=True)
-                    if stop.is_set():
-                        return
+
+            async def follow() -> None:
+                subscription = store.subscribe(args.after)
+                async with contextlib.aclosing(subscription):
+                    async for batch in subscription:
+                        for event in batch:
+                            show(event)
+
+            # Ctrl-C ends the wait for the next event too, not only a batch in progress.
+            following, stopping = asyncio.create_task(follow()), asyncio.create_task(stop.wait())
+            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (following, stopping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         finally:
             await store.close()
 

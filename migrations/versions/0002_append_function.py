@@ -8,8 +8,9 @@ The function takes the append lock, reads the versions of every stream in the ba
 known idempotency keys, then decides each append in order (a known key replays or is refused;
 every part's expected version must hold, all or nothing; versions follow the stream's, as
 updated by earlier appends in the batch), writes all new events with one INSERT, and records
-the keys with their results. It returns one outcome per append and the positions written. Run as a single autocommit statement, a group commit is one network round trip and
-the lock is held only for the writes and the commit's flush.
+the keys with their results. It returns one outcome per append and the positions written.
+Run as a single autocommit statement, a group commit is one network round trip; the lock is
+held from the first read to the end of the commit's flush, and no longer.
 """
 
 from alembic import op
@@ -40,7 +41,7 @@ DECLARE
     outcomes  jsonb[] := '{}';
     positions jsonb := '{}'::jsonb;
 BEGIN
-    PERFORM pg_advisory_xact_lock(7306010001);
+    PERFORM pg_advisory_xact_lock(7306010001);  -- APPEND_LOCK_KEY of migration 0001: they must match
     SELECT COALESCE(jsonb_object_agg(s.stream,
                COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = s.stream), 0)), '{}'::jsonb)
       INTO versions
@@ -119,19 +120,21 @@ BEGIN
             RETURNING event_id, global_position
         )
         SELECT jsonb_object_agg(event_id::text, global_position) INTO positions FROM inserted;
-        INSERT INTO idempotency_keys (key, fingerprint, stream_id, result)
-        SELECT o->>'key', o->>'fingerprint', o->'parts'->0->>'stream', jsonb_build_object('parts',
-               (SELECT jsonb_agg(p || jsonb_build_object(
-                           'first_position', (positions->>(p->'event_ids'->>0))::bigint,
-                           'last_position', (positions->>(p->'event_ids'->>-1))::bigint)
-                         ORDER BY n)
-                  FROM jsonb_array_elements(o->'parts') WITH ORDINALITY AS x(p, n)))
-          FROM unnest(outcomes) AS o
-         WHERE o->>'kind' = 'new' AND o->>'key' IS NOT NULL;
         IF notify THEN
             PERFORM pg_notify('taskstream_events', '');
         END IF;
     END IF;
+    -- Keys are kept for every decided append, also one that wrote nothing (a no-op command):
+    -- a retry must replay it, and the key reused with another request must be refused.
+    INSERT INTO idempotency_keys (key, fingerprint, stream_id, result)
+    SELECT o->>'key', o->>'fingerprint', o->'parts'->0->>'stream', jsonb_build_object('parts',
+           (SELECT jsonb_agg(p || jsonb_build_object(
+                       'first_position', (positions->>(p->'event_ids'->>0))::bigint,
+                       'last_position', (positions->>(p->'event_ids'->>-1))::bigint)
+                     ORDER BY n)
+              FROM jsonb_array_elements(o->'parts') WITH ORDINALITY AS x(p, n)))
+      FROM unnest(outcomes) AS o
+     WHERE o->>'kind' = 'new' AND o->>'key' IS NOT NULL;
     RETURN jsonb_build_object('outcomes', to_jsonb(outcomes), 'positions', positions);
 END $$
 """

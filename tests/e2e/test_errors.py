@@ -117,3 +117,13 @@ async def test_only_admins_register_other_roles(client: httpx.AsyncClient, new_u
     body = {"email": f"x{uuid.uuid4().hex[:8]}@example.org", "display_name": "X", "password": "password-1", "role": "admin"}
     assert_problem(await client.post("/v1/users", json=body), 403)
     assert_problem(await client.post("/v1/users", json=body, headers=member.auth), 403)
+
+
+async def test_nul_characters_and_nan_are_refused_with_422(client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    user = await new_user()
+    project = await new_project(user)
+    body = assert_problem(await client.post(f"/v1/projects/{project}/tasks", json={"kind": "x", "payload": {"a": ["ok", "bad\x00"]}}, headers=user.auth), 422)
+    assert body["errors"] == [{"field": "payload.a.1", "message": "NUL characters are not accepted"}]
+    raw = b'{"kind": "x", "payload": {"n": NaN}}'
+    assert_problem(await client.post(f"/v1/projects/{project}/tasks", content=raw, headers={**user.auth, "Content-Type": "application/json"}), 422)
+    assert_problem(await client.post("/v1/users", json={"email": "a\x00@example.org", "display_name": "N", "password": "password-1"}), 422)

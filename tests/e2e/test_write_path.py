@@ -112,3 +112,45 @@ async def test_members_and_project_roles(client: httpx.AsyncClient, new_user, ne
     # An analyst reads streams but creates no projects.
     analyst = await new_user("analyst")
     assert (await client.post("/v1/projects", json={"name": "n"}, headers=analyst.auth)).status_code == 403
+
+
+async def test_role_changes_and_deactivation_bind_existing_tokens(client: httpx.AsyncClient, new_user) -> None:  # noqa: ANN001
+    """The token says admin, the store says otherwise: the store wins on the next write."""
+    admin, other = await new_user("admin"), await new_user()
+    root = await new_user("admin")
+    assert (await client.post(f"/v1/users/{admin.id}/role", json={"role": "member"}, headers=root.auth)).status_code == 200
+    response = await client.post(f"/v1/users/{other.id}/role", json={"role": "admin"}, headers=admin.auth)  # stale admin token
+    assert response.status_code == 403
+    assert (await client.post(f"/v1/users/{root.id}/deactivate", headers=root.auth)).status_code == 200
+    body = {"email": f"x{uuid.uuid4().hex[:8]}@example.org", "display_name": "X", "password": "password-1", "role": "admin"}
+    assert (await client.post("/v1/users", json=body, headers=root.auth)).status_code == 403
+
+
+async def test_adding_a_member_to_an_invisible_project_reveals_nothing_about_users(client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner, stranger, someone = await new_user(), await new_user(), await new_user()
+    project = await new_project(owner)
+    for target in (someone.id, str(uuid.uuid4())):  # an existing user and an unknown one: the same answer
+        response = await client.put(f"/v1/projects/{project}/members/{target}", json={"role": "viewer"}, headers=stranger.auth)
+        assert response.status_code == 404
+    response = await client.put(f"/v1/projects/{project}/members/{uuid.uuid4()}", json={"role": "viewer"}, headers=owner.auth)
+    assert response.status_code == 422
+
+
+async def test_a_taken_name_does_not_reveal_the_project_holding_it(client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    held = await new_project(owner, "Secret Plan")
+    response = await client.post("/v1/projects", json={"name": "secret plan"}, headers=owner.auth)
+    assert response.status_code == 409 and held not in response.text
+
+
+async def test_a_no_op_write_keeps_its_idempotency_key(client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner, member = await new_user(), await new_user()
+    project = await new_project(owner)
+    url = f"/v1/projects/{project}/members/{member.id}"
+    assert (await client.put(url, json={"role": "viewer"}, headers=owner.auth)).status_code == 200
+    key = {"Idempotency-Key": f"noop-{uuid.uuid4()}"}
+    first = await client.put(url, json={"role": "viewer"}, headers={**owner.auth, **key})  # changes nothing
+    assert first.status_code == 200 and first.json()["global_position"] is None
+    again = await client.put(url, json={"role": "viewer"}, headers={**owner.auth, **key})
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert (await client.put(url, json={"role": "editor"}, headers={**owner.auth, **key})).status_code == 422

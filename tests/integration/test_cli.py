@@ -69,3 +69,20 @@ async def test_dev_refuses_a_taken_port_before_starting_anything(tmp_path: Path)
 async def test_a_missing_database_url_is_a_clear_error() -> None:
     done = await asyncio.to_thread(taskstream, "migrate", env={"DATABASE_URL": ""})
     assert done.returncode == 2 and "DATABASE_URL is not set" in done.stderr
+
+
+async def test_tail_follow_stops_on_ctrl_c_while_waiting(database_url: str) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskstream.cli", "tail", "--follow", "--after", "0"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(2.5)  # connected, caught up, now waiting for new events
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -213,3 +213,31 @@ class TestMultiStreamAppends:
         assert [(r.stream, r.version, r.first_position) for r in replayed] == [(r.stream, r.version, r.first_position) for r in original]
         with pytest.raises(IdempotencyKeyReused):
             await store.idempotent_result(key, "other")
+
+
+class TestRefusedData:
+    async def test_unstorable_data_is_refused_for_that_append_alone(self, store: PostgresEventStore) -> None:
+        good = [new_stream() for _ in range(3)]
+        bad = [
+            store.append(new_stream(), NO_STREAM, [NewEvent("x", {"text": "nul \x00 here"})]),
+            store.append(new_stream(), NO_STREAM, [NewEvent("x", {"n": float("nan")})]),
+            store.append(new_stream(), NO_STREAM, [NewEvent("x", {"id": uuid.uuid4()})]),
+            store.append(new_stream(), True, [ev()]),  # type: ignore[arg-type]
+            store.append("Task-1", NO_STREAM, [ev()]),
+        ]
+        outcomes = await asyncio.gather(*bad, *(store.append(s, NO_STREAM, [ev()]) for s in good), return_exceptions=True)
+        assert all(isinstance(o, ValueError) for o in outcomes[: len(bad)])
+        assert all(not isinstance(o, BaseException) and o.version == 1 for o in outcomes[len(bad) :])
+        # A backslash and the text "u0000" is fine; only a real NUL is refused.
+        result = await store.append(new_stream(), NO_STREAM, [NewEvent("x", {"text": "\\u0000"})])
+        assert result.version == 1
+
+    async def test_a_key_used_for_a_write_that_changed_nothing_is_kept(self, store: PostgresEventStore) -> None:
+        stream, key = new_stream(), f"key-{uuid.uuid4()}"
+        await store.append(stream, NO_STREAM, [ev()])
+        first = await store.append(stream, 1, [], idempotency_key=key, fingerprint="a")
+        assert (first.version, first.first_position) == (1, None)
+        again = await store.append(stream, 1, [], idempotency_key=key, fingerprint="a")
+        assert again.replayed
+        with pytest.raises(IdempotencyKeyReused):
+            await store.append(stream, 1, [ev()], idempotency_key=key, fingerprint="b")

@@ -123,7 +123,7 @@ def test_conflict_names_both_versions() -> None:
     response = conflict("stream moved on", expected_version=3, actual_version=5, stream="task-1")
     assert response.status_code == 409
     assert body(response) == {
-        "type": "https://taskstream.dev/problems/wrong-expected-version",
+        "type": "https://taskstream.dev/problems/version-conflict",
         "title": "Conflict",
         "status": 409,
         "detail": "stream moved on",
