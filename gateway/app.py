@@ -108,11 +108,18 @@ def create_app(
     async def openapi(_: Request) -> Response:
         return JSONResponse(document)
 
+    async def jwks(_: Request) -> Response:
+        """The public keys that verify this gateway's RS256 tokens (HS256 keys are secret)."""
+        if deps.issuer is None or deps.issuer.algorithm != "RS256":
+            return problem(404, "Not Found", "this gateway publishes no signing keys")
+        return JSONResponse(deps.issuer.public_jwks(), headers={"Cache-Control": "public, max-age=300"})
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
         *(_route(e, deps) for e in ENDPOINTS),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:

@@ -20,6 +20,7 @@ _ERROR_TEXT = {
     413: "Body larger than the configured limit",
     415: "Content-Type is not application/json",
     422: "Validation failed; `errors` lists each failing field; or an Idempotency-Key reused with another body",
+    429: "Too many registrations or logins from this address; Retry-After says when to try again",
     500: "Unexpected error; carries a trace_id that appears in the logs",
 }
 
@@ -89,6 +90,13 @@ def openapi_document(endpoints: Sequence[Endpoint], *, title: str = "taskstream"
             "summary": "Prometheus metrics",
             "operationId": "metrics",
             "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }
+    }
+    paths["/.well-known/jwks.json"] = {
+        "get": {
+            "summary": "The public keys of RS256 tokens (404 with HS256)",
+            "operationId": "jwks",
+            "responses": {"200": plain, "404": _problem_response(404, components)},
         }
     }
     return {

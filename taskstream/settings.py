@@ -37,6 +37,7 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_body_bytes: int = 1_048_576
+    auth_rate_limit_per_minute: int = 30  # registrations and logins per client address; 0: off
 
     jwt_algorithm: JwtAlgorithm = "HS256"
     jwt_secret: str | None = field(default=None, repr=False)
@@ -71,6 +72,7 @@ class Settings:
             "http_host": ("HTTP_HOST", str),
             "http_port": ("HTTP_PORT", int),
             "max_body_bytes": ("MAX_BODY_BYTES", int),
+            "auth_rate_limit_per_minute": ("AUTH_RATE_LIMIT_PER_MINUTE", int),
             "jwt_algorithm": ("JWT_ALGORITHM", _choice("HS256", "RS256")),
             "jwt_secret": ("JWT_SECRET", str),
             "jwt_private_key_file": ("JWT_PRIVATE_KEY_FILE", Path),

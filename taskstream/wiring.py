@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Histogram
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
@@ -79,16 +80,22 @@ def build_gateway(settings: Settings) -> Starlette:
     from commands.service import Service
     from gateway.app import create_app
     from gateway.auth import build_auth
+    from gateway.ratelimit import RedisRateLimiter
     from gateway.routes import Deps
 
     pool = make_pool(settings.database_url, min_size=4, max_size=20)
     store = PostgresEventStore(pool)
     issuer, verifier = build_auth(settings)
+    redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    limiter = None
+    if settings.auth_rate_limit_per_minute > 0:
+        limiter = RedisRateLimiter(redis_client, limit=settings.auth_rate_limit_per_minute, window_seconds=60)
     deps = Deps(
         service=Service(store, retries=settings.command_retries),
         verifier=verifier,
         issuer=issuer,
         max_body_bytes=settings.max_body_bytes,
+        credentials_limiter=limiter,
     )
 
     async def database() -> None:
@@ -105,6 +112,7 @@ def build_gateway(settings: Settings) -> Starlette:
             yield
         finally:
             await store.close()
+            await redis_client.aclose()
 
     return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan)
 

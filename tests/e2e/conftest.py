@@ -27,6 +27,7 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         jwt_secret=secrets.token_urlsafe(48),
         max_body_bytes=64 * 1024,
         http_port=embedded.free_port(),
+        auth_rate_limit_per_minute=100_000,  # the session registers many users from one address
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -91,3 +92,36 @@ async def test_openapi_describes_every_endpoint(client: httpx.AsyncClient) -> No
     assert submit["additionalProperties"] is False and "kind" in submit["required"]
     for path in ("/healthz", "/readyz", "/metrics"):
         assert "get" in doc["paths"][path]
+
+
+async def test_an_rs256_gateway_publishes_its_jwks_and_a_verifier_built_from_it_accepts_its_tokens(
+    gateway_settings: Settings, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gateway.auth import build_auth
+    from taskstream.wiring import build_gateway
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = tmp_path / "private.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    settings = dataclasses.replace(gateway_settings, jwt_algorithm="RS256", jwt_secret=None, jwt_private_key_file=private)
+    app = build_gateway(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+        response = await c.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    jwks_file = tmp_path / "jwks.json"
+    jwks_file.write_text(response.text)
+    issuer, _ = build_auth(settings)
+    assert issuer is not None
+    verifier_settings = dataclasses.replace(settings, jwt_private_key_file=None, jwt_jwks_url=jwks_file.as_uri())
+    _, verifier = build_auth(verifier_settings)
+    assert (await verifier.verify(issuer.issue("user-7", "member"))).subject == "user-7"
+
+
+async def test_an_hs256_gateway_publishes_no_keys(client: httpx.AsyncClient) -> None:
+    response = await client.get("/.well-known/jwks.json")
+    assert response.status_code == 404 and response.headers["content-type"] == "application/problem+json"
