@@ -33,3 +33,15 @@ class Checkpoints:
                 )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot write checkpoint {name!r}: {type(exc).__name__}") from exc
+
+    async def reset(self, name: str, position: int = 0) -> None:
+        """Move a checkpoint anywhere, back included: for when what it tracked was lost."""
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO checkpoints (name, position) VALUES (%s, %s)"
+                    " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+                    (name, position),
+                )
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot reset checkpoint {name!r}: {type(exc).__name__}") from exc

@@ -27,11 +27,13 @@ def make_producer(bootstrap_servers: str, client_id: str = "taskstream-relay") -
     )
 
 
-async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int = 4, replication: int = 1) -> None:
-    """Create the topics that do not exist yet, with an explicit partition count."""
+async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int = 4, replication: int = 1) -> set[str]:
+    """Create the topics that do not exist yet, with an explicit partition count; return the
+    ones created now (the others existed already)."""
     wanted = sorted(set(topics))
+    created: set[str] = set()
     if not wanted:
-        return
+        return created
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="taskstream-admin")
     await admin.start()
     try:
@@ -39,7 +41,10 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partition
             [NewTopic(name=t, num_partitions=partitions, replication_factor=replication) for t in wanted]
         )
         for topic, code, *rest in getattr(response, "topic_errors", []):
-            if code not in (0, TOPIC_ALREADY_EXISTS):
+            if code == 0:
+                created.add(topic)
+            elif code != TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"cannot create topic {topic!r}: error {code} {rest[0] if rest else ''}")
     finally:
         await admin.close()
+    return created

@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -95,7 +95,7 @@ class Relay:
         producer: Producer,
         config: RelayConfig = RelayConfig(),
         *,
-        ensure_topics: Callable[[Iterable[str]], Any] | None = None,
+        ensure_topics: Callable[[Iterable[str]], Awaitable[set[str] | None]] | None = None,
         observe: LagObserver | None = None,
         redact: Redactor | None = None,
     ) -> None:
@@ -127,8 +127,16 @@ class Relay:
                     await asyncio.wait_for(stop.wait(), self._config.retry_backoff)
 
     async def _publish_from_checkpoint(self) -> None:
-        await self._topics([topic_for(self._config.topic_prefix, c) for c in CATEGORIES])
+        log_topics = {topic_for(self._config.topic_prefix, c) for c in CATEGORIES}
+        created = await self._topics(log_topics)
         self.position = await self._checkpoints.get(self._config.checkpoint_name)
+        if self.position > 0 and created >= log_topics:
+            # Every topic of the log had to be created: the log the checkpoint refers to is gone
+            # (tansu keeps it in memory; a broker may be rebuilt). The table is the truth: publish
+            # it all again, and consumers deduplicate by event id.
+            log.warning("relay: the log was lost (its topics were missing); republishing from the start")
+            await self._checkpoints.reset(self._config.checkpoint_name, 0)
+            self.position = 0
         log.info("relay publishing from position %d", self.position)
         subscription = self._store.subscribe(self.position, self._config.batch_size, poll_interval=self._config.poll_interval)
         async with contextlib.aclosing(subscription):
@@ -155,8 +163,11 @@ class Relay:
         if self._observe is not None:
             self._observe(batch, time.time())
 
-    async def _topics(self, topics: Iterable[str]) -> None:
+    async def _topics(self, topics: Iterable[str]) -> set[str]:
+        """Make sure the topics exist; return those that had to be created."""
         missing = [t for t in topics if t not in self._known_topics]
+        created: set[str] = set()
         if missing and self._ensure_topics is not None:
-            await self._ensure_topics(missing)
+            created = set(await self._ensure_topics(missing) or ())
         self._known_topics.update(missing)
+        return created

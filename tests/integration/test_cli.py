@@ -86,3 +86,53 @@ async def test_tail_follow_stops_on_ctrl_c_while_waiting(database_url: str) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    from taskstream import embedded
+
+    home = tmp_path / "home"
+    ports = {name: embedded.free_port() for name in ("HTTP", "PG", "REDIS", "KAFKA")}
+    env = {**os.environ, **{f"TASKSTREAM_{name}_PORT": str(port) for name, port in ports.items()}}
+    base = f"http://127.0.0.1:{ports['HTTP']}"
+    credentials = {"email": f"dev-{uuid.uuid4().hex[:8]}@example.org", "password": "password-1"}
+
+    async def run_once(action):  # noqa: ANN001, ANN202
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskstream.cli", "dev", "--home", str(home)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        try:
+            lines: list[str] = []
+            while not any("Ctrl-C stops everything" in line for line in lines):
+                line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 90)
+                assert line, "taskstream dev exited early:\n" + "".join(lines)
+                lines.append(line)
+            token = lines[lines.index("admin token (7 days):\n") + 1].strip()
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                await action(client, token)
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.to_thread(proc.wait, 60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+
+    async def register(client: httpx.AsyncClient, token: str) -> None:
+        body = {**credentials, "display_name": "Dev"}
+        assert (await client.post("/v1/users", json=body, headers={"Authorization": f"Bearer {token}"})).status_code == 201
+
+    async def log_in(client: httpx.AsyncClient, _token: str) -> None:
+        assert (await client.post("/v1/auth/token", json=credentials)).status_code == 200
+
+    await run_once(register)
+    await run_once(log_in)  # the events survived the restart
+    for port in ports.values():  # and every server stopped with the supervisor
+        assert not embedded.accepts(port)

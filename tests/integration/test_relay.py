@@ -16,11 +16,10 @@ from event_store.kafka import ensure_topics, make_producer
 from event_store.postgres import PostgresEventStore
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
-from schemas.envelope import ANY, NewEvent
+from schemas.envelope import ANY, CATEGORIES, NewEvent
 
 pytestmark = pytest.mark.kafka
 
-CATEGORIES = ("user", "project", "task")
 
 
 async def consume(bootstrap: str, topics: list[str], want: int, timeout: float = 30) -> list[tuple[str, bytes, bytes, dict[str, bytes]]]:
@@ -148,3 +147,48 @@ async def test_a_password_hash_stays_in_the_store(
     assert published["type"] == "user.registered" and published["data"]["email"] == "a@example.org"
     assert "password_hash" not in published["data"]
     assert (await store.read_stream(f"user-{data['user_id']}"))[0].data["password_hash"] == data["password_hash"]
+
+
+async def test_a_lost_log_is_republished_from_the_table(
+    store: PostgresEventStore, kafka_bootstrap: str, unique: str
+) -> None:
+    """tansu keeps the log in memory: after a restart every topic is missing although the
+    checkpoint has moved on. The relay sees it had to create the whole log and starts over."""
+    stream = f"task-{uuid.uuid4()}"
+    old = await store.append(stream, ANY, [NewEvent("task.touched", {"before": True})])
+    checkpoints = Checkpoints(store.pool)
+    config = RelayConfig(topic_prefix=f"lost{unique}.", checkpoint_name=f"relay-lost-{unique}", batch_size=1000, poll_interval=0.5)
+    await checkpoints.set(config.checkpoint_name, await store.head_position())  # "published" to a log now gone
+    published: set[str] = set()
+    producer = make_producer(kafka_bootstrap)
+    await producer.start()
+    relay = Relay(
+        store, checkpoints, producer, config,
+        ensure_topics=lambda topics: ensure_topics(kafka_bootstrap, topics),
+        observe=lambda batch, _at: published.update(str(e.id) for e in batch),
+    )  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while str(old.event_ids[0]) not in published:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
+    records = await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=10**9, timeout=3)
+    assert str(old.event_ids[0]) in {json.loads(value)["id"] for _, _, value, _ in records}
+
+
+async def test_an_existing_log_is_not_republished(
+    store: PostgresEventStore, kafka_bootstrap: str, relay_env: tuple[RelayConfig, Checkpoints]
+) -> None:
+    config, checkpoints = relay_env  # topics exist already (created by the fixture)
+    before = await store.append(f"task-{uuid.uuid4()}", ANY, [NewEvent("task.touched", {})])
+    await checkpoints.set(config.checkpoint_name, await store.head_position())
+    after = await store.append(f"task-{uuid.uuid4()}", ANY, [NewEvent("task.touched", {})])
+    assert after.last_position is not None
+    await run_relay(store, checkpoints, kafka_bootstrap, config, after.last_position)
+    ids = {json.loads(v)["id"] for _, _, v, _ in await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=1)}
+    assert ids == {str(after.event_ids[0])} and str(before.event_ids[0]) not in ids
