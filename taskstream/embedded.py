@@ -44,7 +44,10 @@ def free_port() -> int:
 
 
 def ensure_port_free(name: str, port: int, env_hint: str) -> None:
+    """Refuse a port something listens on. SO_REUSEADDR, as the servers themselves use it: a
+    port whose last connections linger in TIME_WAIT after a restart is free for them."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
