@@ -15,13 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from commands.decider import Decider
+from commands.decider import Decider, fold
+from commands.states import StateCache
 from commands.errors import Conflict, ValidationFailed
 from event_store.errors import IdempotencyKeyReused, WrongExpectedVersion
 from event_store.protocol import EventStore, StreamAppend
 from schemas.base import DomainEvent
 from schemas.catalog import registry
-from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, RecordedEvent, entity_id_of
+from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, entity_id_of
 
 S = TypeVar("S")
 
@@ -63,21 +64,39 @@ class Loaded(Generic[S]):
     def append(self, events: Sequence[DomainEvent]) -> StreamAppend:
         return StreamAppend(self.stream, self.expected, [e.to_new_event() for e in events])
 
-
-async def load(store: EventStore, decider: Decider[S, Any, Any], stream: str) -> Loaded[S]:
-    return _loaded(decider, stream, await store.read_stream(stream))
-
-
-async def load_many(store: EventStore, *wanted: tuple[Decider[Any, Any, Any], str]) -> list[Loaded[Any]]:
-    """Several aggregates in one round trip."""
-    found = await store.read_streams([stream for _, stream in wanted])
-    return [_loaded(decider, stream, found[stream]) for decider, stream in wanted]
+    def guard(self) -> StreamAppend:
+        """A part that writes nothing and fails the append if this stream moved on since."""
+        return StreamAppend(self.stream, self.expected, [])
 
 
-def _loaded(decider: Decider[S, Any, Any], stream: str, events: Sequence[RecordedEvent]) -> Loaded[S]:
+async def load(store: EventStore, decider: Decider[S, Any, Any], stream: str, cache: StateCache | None = None) -> Loaded[S]:
+    (loaded,) = await load_many(store, (decider, stream), cache=cache)
+    return loaded
+
+
+async def load_many(
+    store: EventStore, *wanted: tuple[Decider[Any, Any, Any], str], cache: StateCache | None = None, trust_cache: bool = False
+) -> list[Loaded[Any]]:
+    """Several aggregates in one round trip; with a cache, only the events after its states.
+    ``trust_cache``: when every stream is cached, answer from the cache without reading; the
+    caller must then guard those streams in its append (Loaded.guard), so a stale state shows
+    as a conflict and the plan runs again, reading."""
+    base = {stream: (cache.get(stream) if cache else None) or (0, decider.initial) for decider, stream in wanted}
+    if trust_cache and cache is not None and all(version > 0 for version, _ in base.values()):
+        return [Loaded(stream, base[stream][1], base[stream][0]) for _, stream in wanted]
+    found = await store.read_streams({stream: version for stream, (version, _) in base.items()})
     codec = registry()
-    state = decider.fold(codec.decode(e) for e in events)
-    return Loaded(stream, state, events[-1].version if events else 0)
+    loaded = []
+    for decider, stream in wanted:
+        version, state = base[stream]
+        events = found[stream]
+        if events:
+            state = fold(decider.evolve, state, (codec.decode(e) for e in events))
+            version = events[-1].version
+            if cache is not None:
+                cache.put(stream, version, state)
+        loaded.append(Loaded(stream, state, version))
+    return loaded
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +128,7 @@ class Written:
         return self.primary.replayed
 
 
-Plan = Callable[[], Awaitable[list[StreamAppend]]]
+Plan = Callable[[int], Awaitable[list[StreamAppend]]]  # called with the attempt number, from 0
 
 
 async def execute(store: EventStore, plan: Plan, ctx: WriteContext, *, retries: int = 3) -> Written:
@@ -128,7 +147,7 @@ async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: in
         if original is not None:
             return Written(tuple(original))
     for attempt in range(retries + 1):
-        parts = await plan()
+        parts = await plan(attempt)
         primary = parts[0]
         if ctx.if_match is not None and _version(primary.expected_version) != ctx.if_match:
             raise VersionConflict(primary.stream, ctx.if_match, _version(primary.expected_version))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from commands import authz, passwords, project, project_name, task, user, user_email
 from commands.authz import Actor
-from commands.errors import Forbidden, IllegalTransition, NotFound, ValidationFailed
+from commands.errors import DomainError, Forbidden, IllegalTransition, NotFound, ValidationFailed
 from commands.handler import Loaded, WriteContext, Written, execute, load, load_many
+from commands.states import StateCache
 from event_store.protocol import EventStore, StreamAppend
 from schemas.projects import (
     AddProjectMember,
@@ -38,6 +39,7 @@ class InvalidCredentials(Exception):
 class Service:
     store: EventStore
     retries: int = 3
+    cache: StateCache = field(default_factory=StateCache)
 
     async def _run(self, plan: Any, ctx: WriteContext) -> Written:
         return await execute(self.store, plan, ctx, retries=self.retries)
@@ -48,7 +50,7 @@ class Service:
         stream = _actor_stream(actor)
         if stream is None:
             return actor
-        return _as_stored(actor, (await load(self.store, user.DECIDER, stream)).state)
+        return _as_stored(actor, (await load(self.store, user.DECIDER, stream, self.cache)).state)
 
     # --- users -----------------------------------------------------------------------------
 
@@ -62,20 +64,20 @@ class Service:
         password_hash = await asyncio.to_thread(passwords.hash_password, password)
         user_id = uuid.uuid4()
 
-        async def plan() -> list[StreamAppend]:
-            claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email))
+        async def plan(_attempt: int) -> list[StreamAppend]:
+            claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email), self.cache)
             claimed = user_email.decide(claim.state, ClaimUserEmail(email=email, user_id=user_id))
-            account = await load(self.store, user.DECIDER, user.stream_for(user_id))
+            account = await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)
             command = RegisterUser(user_id=user_id, email=email, display_name=display_name, password_hash=password_hash, role=role)  # type: ignore[arg-type]
             return [account.append(user.decide(account.state, command)), claim.append(claimed)]
 
         return await self._run(plan, ctx)
 
     async def authenticate(self, email: str, password: str) -> user.UserState:
-        claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email))
+        claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email), self.cache)
         account = None
         if claim.state is not None:
-            account = (await load(self.store, user.DECIDER, user.stream_for(claim.state.user_id))).state
+            account = (await load(self.store, user.DECIDER, user.stream_for(claim.state.user_id), self.cache)).state
         password_hash = account.password_hash if account is not None else None
         ok = await asyncio.to_thread(passwords.verify_password, password_hash, password)
         if not ok or account is None or not account.active:
@@ -98,8 +100,8 @@ class Service:
         return await self._on_user(actor, user_id, DeactivateUser(user_id=user_id, reason=reason), ctx)
 
     async def _on_user(self, actor: Actor, user_id: uuid.UUID, command: Any, ctx: WriteContext) -> Written:
-        async def plan() -> list[StreamAppend]:
-            account = await load(self.store, user.DECIDER, user.stream_for(user_id))
+        async def plan(_attempt: int) -> list[StreamAppend]:
+            account = await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)
             return [account.append(user.decide(account.state, command))]
 
         return await self._run(plan, ctx)
@@ -111,8 +113,8 @@ class Service:
         authz.may_create_projects(actor)
         owner_id, project_id = actor.uuid(), uuid.uuid4()
 
-        async def plan() -> list[StreamAppend]:
-            proj = await load(self.store, project.DECIDER, project.stream_for(project_id))
+        async def plan(_attempt: int) -> list[StreamAppend]:
+            proj = await load(self.store, project.DECIDER, project.stream_for(project_id), self.cache)
             created = project.decide(proj.state, CreateProject(project_id=project_id, owner_id=owner_id, name=name, description=description))
             claim = await self._reserve(owner_id, name, project_id)
             return [proj.append(created), claim]
@@ -122,7 +124,7 @@ class Service:
     async def update_project(self, actor: Actor, project_id: uuid.UUID, *, changes: dict[str, Any], ctx: WriteContext) -> Written:
         actor = await self._current(actor)
 
-        async def plan() -> list[StreamAppend]:
+        async def plan(_attempt: int) -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
             state = proj.state
             assert state is not None
@@ -138,7 +140,7 @@ class Service:
     async def archive_project(self, actor: Actor, project_id: uuid.UUID, *, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
 
-        async def plan() -> list[StreamAppend]:
+        async def plan(_attempt: int) -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
             assert proj.state is not None
             archived = proj.append(project.decide(proj.state, ArchiveProject(project_id=project_id)))
@@ -151,9 +153,9 @@ class Service:
     async def put_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
 
-        async def plan() -> list[StreamAppend]:
+        async def plan(_attempt: int) -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")  # before anything about the member leaks
-            member = (await load(self.store, user.DECIDER, user.stream_for(user_id))).state
+            member = (await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)).state
             if member is None or not member.active:
                 message = "no active user with this id"
                 raise ValidationFailed(message, errors=[{"field": "user_id", "message": message}])
@@ -164,23 +166,23 @@ class Service:
     async def remove_member(self, actor: Actor, project_id: uuid.UUID, user_id: uuid.UUID, *, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
 
-        async def plan() -> list[StreamAppend]:
+        async def plan(_attempt: int) -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")
             return [proj.append(project.decide(proj.state, RemoveProjectMember(project_id=project_id, user_id=user_id)))]
 
         return await self._run(plan, ctx)
 
     async def _project(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> Loaded[project.State]:
-        proj = await load(self.store, project.DECIDER, project.stream_for(project_id))
+        proj = await load(self.store, project.DECIDER, project.stream_for(project_id), self.cache)
         authz.project_access(proj.state, actor, need)
         return proj
 
     async def _reserve(self, owner_id: uuid.UUID, name: str, project_id: uuid.UUID) -> StreamAppend:
-        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name))
+        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name), self.cache)
         return claim.append(project_name.decide(claim.state, ReserveProjectName(owner_id=owner_id, name=name, project_id=project_id)))
 
     async def _release(self, owner_id: uuid.UUID, name: str, project_id: uuid.UUID) -> StreamAppend:
-        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name))
+        claim = await load(self.store, project_name.DECIDER, project_name.stream_for(owner_id, name), self.cache)
         return claim.append(project_name.decide(claim.state, ReleaseProjectName(owner_id=owner_id, name=name, project_id=project_id)))
 
     # --- tasks -----------------------------------------------------------------------------
@@ -189,36 +191,49 @@ class Service:
         task_id = uuid.uuid4()  # new, so its stream is empty: the append expects NO_STREAM
         command = SubmitTask(task_id=task_id, project_id=project_id, **spec)
 
-        async def plan() -> list[StreamAppend]:
-            proj, account = await self._project_and_actor(project_id, actor, "edit")
-            if proj.state is not None and proj.state.archived:
-                raise IllegalTransition("the project is archived: no new tasks", project_id=str(project_id))
-            return [Loaded(task.stream_for(task_id), None, 0).append(task.decide(None, command))]
+        async def plan(attempt: int) -> list[StreamAppend]:
+            # The project and the caller are guarded in the append: a cached state that is behind
+            # (another gateway changed them) fails the append, and the retry reads them afresh.
+            proj, account = await self._project_and_actor(project_id, actor, "edit", trust_cache=attempt == 0, live=True)
+            submitted = Loaded(task.stream_for(task_id), None, 0).append(task.decide(None, command))
+            return [submitted, proj.guard(), *([account.guard()] if account.version else [])]
 
         return await self._run(plan, ctx)
 
     async def cancel_task(self, actor: Actor, task_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
-        async def plan() -> list[StreamAppend]:
-            job = await load(self.store, task.DECIDER, task.stream_for(task_id))
+        async def plan(_attempt: int) -> list[StreamAppend]:
+            job = await load(self.store, task.DECIDER, task.stream_for(task_id), self.cache)
             if job.state is None:
                 raise NotFound("no such task")
             try:
-                await self._project_and_actor(job.state.project_id, actor, "edit")
+                proj, account = await self._project_and_actor(job.state.project_id, actor, "edit")
             except NotFound:
                 raise NotFound("no such task") from None
-            return [job.append(task.decide(job.state, CancelTask(task_id=task_id, reason=reason)))]
+            cancelled = job.append(task.decide(job.state, CancelTask(task_id=task_id, reason=reason)))
+            return [cancelled, proj.guard(), *([account.guard()] if account.version else [])]
 
         return await self._run(plan, ctx)
 
-    async def _project_and_actor(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> tuple[Loaded[project.State], Loaded[user.State]]:
-        """The project and the acting user in one round trip, access checked as _current does."""
+    async def _project_and_actor(
+        self, project_id: uuid.UUID, actor: Actor, need: authz.Need, *, trust_cache: bool = False, live: bool = False
+    ) -> tuple[Loaded[project.State], Loaded[user.State]]:
+        """The project and the acting user in one round trip (none when both are cached and
+        ``trust_cache``: then guard them), access checked as _current does; ``live``: the
+        project must not be archived."""
         wanted: list[tuple[Any, str]] = [(project.DECIDER, project.stream_for(project_id))]
         actor_stream = _actor_stream(actor)
         if actor_stream is not None:
             wanted.append((user.DECIDER, actor_stream))
-        loaded = await load_many(self.store, *wanted)
+        loaded = await load_many(self.store, *wanted, cache=self.cache, trust_cache=trust_cache)
         account = loaded[1] if len(loaded) > 1 else Loaded("", None, 0)
-        authz.project_access(loaded[0].state, _as_stored(actor, account.state), need)
+        try:
+            state = authz.project_access(loaded[0].state, _as_stored(actor, account.state), need)
+            if live and state.archived:
+                raise IllegalTransition("the project is archived: no new tasks", project_id=str(project_id))
+        except DomainError:
+            if trust_cache:  # a refusal must come from the current state, never a cached one
+                return await self._project_and_actor(project_id, actor, need, live=live)
+            raise
         return loaded[0], account
 
 

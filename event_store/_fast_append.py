@@ -1,8 +1,9 @@
 """The fast path of a group commit: one INSERT statement, no PL/pgSQL.
 
 Taken when every append in the batch pins its expected version (an exact version or "no
-stream"), carries no idempotency key, writes at least one event per stream, and no stream
-appears twice in the batch: then each event's version is known before the statement runs.
+stream") and carries no idempotency key, and no stream written to appears twice in the batch
+(guards, parts that only check a version, may repeat with the same expectation): then each
+event's version is known before the statement runs.
 
 Why it is exact although the statement's snapshot predates the append lock (READ COMMITTED
 takes the snapshot when the statement starts; the lock is taken by the statement trigger just
@@ -58,32 +59,45 @@ RETURNING event_id, global_position
 
 
 def eligible(batch: Sequence[_Append]) -> bool:
-    streams: set[str] = set()
+    """A stream that is written to appears once in the batch. A guard (a part with no events,
+    which only checks a version) may appear in several appends, all expecting the same version.
+    At least one event is written, so a refused guard shows as rows missing."""
+    written: set[str] = set()
+    guards: dict[str, int] = {}
+    rows = 0
     for append in batch:
         if append.key is not None:
             return False
         for part in append.parts:
-            if part.stream in streams or not part.events:
-                return False
             if not (isinstance(part.expected_version, int) or part.expected_version == NO_STREAM):
                 return False
-            streams.add(part.stream)
-    return True
+            if part.stream in written:
+                return False
+            expected = _base(part.expected_version)
+            if part.events:
+                if part.stream in guards:
+                    return False
+                written.add(part.stream)
+                rows += len(part.events)
+            elif guards.setdefault(part.stream, expected) != expected:
+                return False
+    return rows > 0
 
 
 def params(batch: Sequence[_Append], notify: bool) -> dict[str, Any]:
-    heads: list[dict[str, Any]] = []
+    heads: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for append in batch:
         for part in append.parts:
             base = _base(part.expected_version)
-            heads.append({"stream": part.stream, "expected": base})
+            heads[part.stream] = base
             rows.extend(
                 {"stream_id": part.stream, "version": base + offset, "event_id": str(event.id), "type": event.type,
                  "schema_version": event.schema_version, "data": event.data, "metadata": append.metadata}  # fmt: skip
                 for offset, event in enumerate(part.events, start=1)
             )
-    return {"heads": json.dumps(heads), "rows": json.dumps(rows, separators=(",", ":")), "notify": notify}
+    head_rows = [{"stream": stream, "expected": expected} for stream, expected in heads.items()]
+    return {"heads": json.dumps(head_rows), "rows": json.dumps(rows, separators=(",", ":")), "notify": notify}
 
 
 def row_count(batch: Sequence[_Append]) -> int:
@@ -100,8 +114,8 @@ def results(batch: Sequence[_Append], positions: dict[Any, int]) -> list[list[Ap
                 AppendResult(
                     stream=part.stream,
                     version=_base(part.expected_version) + len(ids),
-                    first_position=positions[ids[0]],
-                    last_position=positions[ids[-1]],
+                    first_position=positions[ids[0]] if ids else None,
+                    last_position=positions[ids[-1]] if ids else None,
                     event_ids=ids,
                 )
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,7 +56,9 @@ class EventStore(Protocol):
 
     async def read_stream(self, stream: str, from_version: int = 1, limit: int | None = None) -> list[RecordedEvent]: ...
 
-    async def read_streams(self, streams: Sequence[str]) -> dict[str, list[RecordedEvent]]: ...
+    async def read_streams(self, after: Mapping[str, int]) -> dict[str, list[RecordedEvent]]:
+        """Several streams in one round trip, each from just after the given version."""
+        ...
 
     async def stream_version(self, stream: str) -> int: ...
 

@@ -31,7 +31,7 @@ class ScriptedStore:
 
 
 def plan_for(version: int):  # noqa: ANN201
-    async def plan() -> list[StreamAppend]:
+    async def plan(_attempt: int) -> list[StreamAppend]:
         return [StreamAppend("project-1", version, []), StreamAppend("project_name-9", "no_stream", [])]
 
     return plan
