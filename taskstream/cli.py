@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -50,6 +51,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     app = build_gateway(settings)
+    # The objects made at start-up live as long as the process: keep them out of the cyclic
+    # collector's work, and collect young objects less often (fewer pauses in the tail latency).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
     uvicorn.run(
         app,
         host=args.host or settings.http_host,
