@@ -81,7 +81,7 @@ async def load_many(
     ``trust_cache``: when every stream is cached, answer from the cache without reading; the
     caller must then guard those streams in its append (Loaded.guard), so a stale state shows
     as a conflict and the plan runs again, reading."""
-    base = {stream: (cache.get(stream) if cache else None) or (0, decider.initial) for decider, stream in wanted}
+    base = {stream: (cache.get(stream) if cache is not None else None) or (0, decider.initial) for decider, stream in wanted}
     if trust_cache and cache is not None and all(version > 0 for version, _ in base.values()):
         return [Loaded(stream, base[stream][1], base[stream][0]) for _, stream in wanted]
     found = await store.read_streams({stream: version for stream, (version, _) in base.items()})

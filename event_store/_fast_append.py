@@ -5,14 +5,13 @@ stream") and carries no idempotency key, and no stream written to appears twice 
 (guards, parts that only check a version, may repeat with the same expectation): then each
 event's version is known before the statement runs.
 
-Why it is exact although the statement's snapshot predates the append lock (READ COMMITTED
-takes the snapshot when the statement starts; the lock is taken by the statement trigger just
-after): the guard compares each stream's newest version in that snapshot with the expected one.
-The snapshot can only be behind the truth, never ahead. If it shows the expected version and the
-stream really moved on, the new rows collide with ``events_stream_version`` and the statement
-fails; if it shows something else, nothing is inserted. Either way the batch then goes through
-``taskstream_append``, which decides under the lock and gives every append its exact answer.
-Positions are handed out after the lock, so commit order holds as on the slow path.
+Why it is exact: the versions are checked by ``taskstream_heads_ok`` (migration 0003), which
+takes the append lock and only then reads, with a fresh snapshot, so every commit made before
+the lock was granted is seen; a guard (a part that only checks a version) is as exact as a
+written stream. Nothing is inserted unless every expectation holds; then the batch goes through
+``taskstream_append``, which gives every append its exact answer. A unique-key collision (a
+duplicate event id) also sends the batch there. Positions are handed out under the lock, so
+commit order holds as on the slow path.
 """
 
 from __future__ import annotations
@@ -37,12 +36,8 @@ class _Append(Protocol):
 
 
 FAST_INSERT = """
-WITH heads AS (
-    SELECT h.stream, h.expected
-      FROM jsonb_to_recordset(%(heads)s::jsonb) AS h(stream text, expected bigint)
-), guard AS (
-    SELECT bool_and(COALESCE((SELECT max(e.version) FROM events e WHERE e.stream_id = h.stream), 0) = h.expected) AS ok
-      FROM heads h
+WITH guard AS (
+    SELECT taskstream_heads_ok(%(heads)s::jsonb) AS ok
 ), wake AS (
     SELECT pg_notify('taskstream_events', '') WHERE %(notify)s
 )

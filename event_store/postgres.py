@@ -287,9 +287,9 @@ class PostgresEventStore:
         found: dict[str, list[RecordedEvent]] = {stream: [] for stream in after}
         rows = await self._fetch(
             # LATERAL: one index range scan per stream, whatever the planner guesses of unnest.
-            f"SELECT e.* FROM unnest(%s::text[], %s::bigint[]) AS w(stream, after_version)"
+            f"SELECT e.* FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS w(stream, after_version, ord)"
             f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM events WHERE stream_id = w.stream"
-            " AND version > w.after_version ORDER BY version) AS e",
+            " AND version > w.after_version) AS e ORDER BY w.ord, e.version",
             [list(after), list(after.values())],
         )
         for event in rows:

@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collector's work, and collect young objects less often (fewer pauses in the tail latency).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(20_000, 20, 10)
     uvicorn.run(
         app,
         host=args.host or settings.http_host,

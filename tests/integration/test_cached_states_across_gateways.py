@@ -53,3 +53,29 @@ async def test_a_new_member_added_elsewhere_may_submit_at_once(store: PostgresEv
     await b.put_member(owner, project_id, uuid.UUID(member_id), role="editor", ctx=CTX)
     written = await a.submit_task(Actor(member_id, "member"), project_id, spec={"kind": "x"}, ctx=CTX)
     assert written.primary.version == 1
+
+
+async def test_an_archive_racing_a_cached_submission_from_another_process_wins(database_url: str) -> None:
+    """Two gateway processes (two stores): the archive commits while the cached submission
+    waits for the append lock; the submission's guard must see it."""
+    import asyncio
+
+    import psycopg
+
+    store_a, store_b = await PostgresEventStore.connect(database_url), await PostgresEventStore.connect(database_url)
+    try:
+        a, b, _admin, owner, project_id = await setup(store_a)
+        b = Service(store_b)
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute("SELECT pg_advisory_xact_lock(7306010001)")
+            archive = asyncio.create_task(b.archive_project(owner, project_id, ctx=CTX))
+            await asyncio.sleep(0.3)
+            submit = asyncio.create_task(a.submit_task(owner, project_id, spec={"kind": "late"}, ctx=CTX))
+            await asyncio.sleep(0.3)
+            await holder.commit()
+        await archive
+        with pytest.raises(IllegalTransition):
+            await submit
+    finally:
+        await store_a.close()
+        await store_b.close()

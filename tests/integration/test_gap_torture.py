@@ -201,12 +201,12 @@ async def test_two_stores_racing_on_shared_streams_stay_exact(store: PostgresEve
     assert conflicts > 0  # the race really happened
 
 
-async def test_fast_path_collision_after_a_stale_snapshot_falls_back_exactly(store: PostgresEventStore, database_url: str) -> None:
+async def test_fast_path_sees_a_commit_made_while_it_waited_for_the_lock(store: PostgresEventStore, database_url: str) -> None:
     """Another writer holds the append lock and commits version 1 while the fast path's
-    statement waits for the lock with a snapshot that cannot see it: the insert collides, the
-    batch is decided again under the lock, and the answer names the real version."""
+    statement waits for the lock with a snapshot that cannot see it: the check made after the
+    lock sees it, nothing is inserted, and the answer, decided under the lock, is exact."""
     stream = f"task-{uuid.uuid4()}"
-    before = store.commit_counts["fast_collided"]
+    before = store.commit_counts["fast_guard_refused"]
     async with await psycopg.AsyncConnection.connect(database_url) as other:
         await other.execute(INSERT, (stream, 1, uuid.uuid4(), json.dumps({})))  # holds the lock until commit
         append = asyncio.create_task(store.append(stream, NO_STREAM, [NewEvent("late", {})]))
@@ -216,5 +216,32 @@ async def test_fast_path_collision_after_a_stale_snapshot_falls_back_exactly(sto
     with pytest.raises(WrongExpectedVersion) as info:
         await append
     assert info.value.actual == 1
-    assert store.commit_counts["fast_collided"] == before + 1
+    assert store.commit_counts["fast_guard_refused"] == before + 1
     assert [e.type for e in await store.read_stream(stream)] == ["torture.event"]
+
+
+@pytest.mark.parametrize("key", [None, "with-key"])  # the fast path, and taskstream_append
+async def test_a_guard_sees_a_commit_made_while_it_waited_for_the_lock(database_url: str, key: str | None) -> None:
+    """A guard (a part that writes nothing) on a stream another process changes while this
+    append waits for the lock: the append must be refused, on either path."""
+    from event_store.protocol import StreamAppend
+
+    mine, theirs = await PostgresEventStore.connect(database_url), await PostgresEventStore.connect(database_url)
+    try:
+        guarded = f"project-{uuid.uuid4()}"
+        await mine.append(guarded, NO_STREAM, [NewEvent("project.created", {})])
+        async with await psycopg.AsyncConnection.connect(database_url) as holder:
+            await holder.execute("SELECT pg_advisory_xact_lock(7306010001)")
+            change = asyncio.create_task(theirs.append(guarded, 1, [NewEvent("project.archived", {})]))
+            await asyncio.sleep(0.2)  # queued first for the lock
+            parts = [StreamAppend(f"task-{uuid.uuid4()}", NO_STREAM, [NewEvent("task.submitted", {})]), StreamAppend(guarded, 1, [])]
+            append = asyncio.create_task(mine.append_streams(parts, idempotency_key=key and f"{key}-{uuid.uuid4()}"))
+            await asyncio.sleep(0.2)
+            await holder.commit()
+        await change
+        with pytest.raises(WrongExpectedVersion) as info:
+            await append
+        assert (info.value.stream, info.value.actual) == (guarded, 2)
+    finally:
+        await mine.close()
+        await theirs.close()
