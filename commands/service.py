@@ -67,7 +67,7 @@ class Service:
         async def plan(_attempt: int) -> list[StreamAppend]:
             claim = await load(self.store, user_email.DECIDER, user_email.stream_for(email), self.cache)
             claimed = user_email.decide(claim.state, ClaimUserEmail(email=email, user_id=user_id))
-            account = await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)
+            account = Loaded(user.stream_for(user_id), None, 0)  # a new id: the append expects no stream
             command = RegisterUser(user_id=user_id, email=email, display_name=display_name, password_hash=password_hash, role=role)  # type: ignore[arg-type]
             return [account.append(user.decide(account.state, command)), claim.append(claimed)]
 
@@ -87,19 +87,19 @@ class Service:
     async def update_user(self, actor: Actor, user_id: uuid.UUID, *, display_name: str, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
         authz.self_or_admin(actor, user_id)
-        return await self._on_user(actor, user_id, UpdateUserProfile(user_id=user_id, display_name=display_name), ctx)
+        return await self._on_user(user_id, UpdateUserProfile(user_id=user_id, display_name=display_name), ctx)
 
     async def change_role(self, actor: Actor, user_id: uuid.UUID, *, role: str, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
         authz.admin_only(actor)
-        return await self._on_user(actor, user_id, ChangeUserRole(user_id=user_id, role=role), ctx)  # type: ignore[arg-type]
+        return await self._on_user(user_id, ChangeUserRole(user_id=user_id, role=role), ctx)  # type: ignore[arg-type]
 
     async def deactivate_user(self, actor: Actor, user_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
         actor = await self._current(actor)
         authz.self_or_admin(actor, user_id)
-        return await self._on_user(actor, user_id, DeactivateUser(user_id=user_id, reason=reason), ctx)
+        return await self._on_user(user_id, DeactivateUser(user_id=user_id, reason=reason), ctx)
 
-    async def _on_user(self, actor: Actor, user_id: uuid.UUID, command: Any, ctx: WriteContext) -> Written:
+    async def _on_user(self, user_id: uuid.UUID, command: Any, ctx: WriteContext) -> Written:
         async def plan(_attempt: int) -> list[StreamAppend]:
             account = await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)
             return [account.append(user.decide(account.state, command))]
