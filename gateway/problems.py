@@ -17,7 +17,6 @@ from __future__ import annotations
 import http
 import http.client
 import logging
-import math
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -101,51 +100,6 @@ def bearer_challenge(error: str | None = None, description: str | None = None) -
     return "Bearer " + ", ".join(params) if params else "Bearer"
 
 
-def unauthorized(detail: str | None = None, *, challenge: str = "Bearer") -> ProblemResponse:
-    return problem(401, "Unauthorized", detail, "unauthorized", headers={"WWW-Authenticate": challenge})
-
-
-def forbidden(detail: str | None = None) -> ProblemResponse:
-    return problem(403, "Forbidden", detail, "forbidden")
-
-
-def not_found(detail: str | None = None) -> ProblemResponse:
-    return problem(404, "Not Found", detail, "not-found")
-
-
-def conflict(
-    detail: str | None = None,
-    *,
-    expected_version: int | str | None,
-    actual_version: int | None,
-    slug: str = "version-conflict",
-    title: str = "Conflict",
-    **extensions: Any,
-) -> ProblemResponse:
-    return problem(
-        409,
-        title,
-        detail,
-        slug,
-        expected_version=expected_version,
-        actual_version=actual_version,
-        **extensions,
-    )
-
-
-def content_too_large(max_bytes: int | None = None) -> ProblemResponse:
-    if max_bytes is None:
-        return problem(413, "Content Too Large", None, "content-too-large")
-    detail = f"The request body exceeds {max_bytes} bytes."
-    return problem(413, "Content Too Large", detail, "content-too-large", max_bytes=max_bytes)
-
-
-def unsupported_media_type(content_type: str | None, supported: Sequence[str]) -> ProblemResponse:
-    shown = content_type or "none"
-    detail = f"Content type {shown!r} is not supported; send one of: {', '.join(supported)}."
-    return problem(415, "Unsupported Media Type", detail, "unsupported-media-type", supported=list(supported))
-
-
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """``{"field": "a.b", "message": ..., "type": ...}`` per failure; the input is never echoed."""
     return [
@@ -164,18 +118,6 @@ def validation_failed(
     listed = field_errors(errors) if isinstance(errors, ValidationError) else [dict(e) for e in errors]
     shown = detail or "The request is not valid; see errors."
     return problem(422, "Unprocessable Content", shown, "validation-failed", errors=listed)
-
-
-def too_many_requests(retry_after_seconds: float, detail: str | None = None) -> ProblemResponse:
-    seconds = max(1, math.ceil(retry_after_seconds))
-    return problem(
-        429,
-        "Too Many Requests",
-        detail or f"Rate limit exceeded; retry after {seconds} s.",
-        "rate-limited",
-        headers={"Retry-After": str(seconds)},
-        retry_after=seconds,
-    )
 
 
 def internal_error(trace_id: str) -> ProblemResponse:

@@ -14,7 +14,6 @@ from typing import Any, Literal, TypeAlias
 JSON: TypeAlias = dict[str, Any]
 
 CATEGORIES = ("user", "user_email", "project", "project_name", "task")
-Category: TypeAlias = Literal["user", "user_email", "project", "project_name", "task"]
 
 # Expected version of a stream before an append: an exact version, or one of these.
 ANY: Literal["any"] = "any"
@@ -52,11 +51,6 @@ class Metadata:
 
     def to_json(self) -> JSON:
         return {k: getattr(self, k) for k in METADATA_KEYS if getattr(self, k) is not None}
-
-    @classmethod
-    def from_json(cls, raw: JSON | None) -> Metadata:
-        raw = raw or {}
-        return cls(**{k: raw.get(k) for k in METADATA_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +120,3 @@ class AppendResult:
     last_position: int | None
     event_ids: tuple[uuid.UUID, ...] = ()
     replayed: bool = False  # True when an idempotency key matched an earlier append
-
-    def to_json(self) -> JSON:
-        return {
-            "stream": self.stream,
-            "version": self.version,
-            "first_position": self.first_position,
-            "last_position": self.last_position,
-            "event_ids": [str(i) for i in self.event_ids],
-        }
-
-    @classmethod
-    def from_json(cls, raw: JSON, *, replayed: bool = False) -> AppendResult:
-        return cls(
-            stream=raw["stream"],
-            version=int(raw["version"]),
-            first_position=raw["first_position"],
-            last_position=raw["last_position"],
-            event_ids=tuple(uuid.UUID(i) for i in raw.get("event_ids", ())),
-            replayed=replayed,
-        )

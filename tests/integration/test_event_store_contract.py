@@ -90,6 +90,16 @@ class EventStoreContract:
         limited = await store.read_all(start, limit=1)
         assert len(limited) == 1
 
+    async def test_read_category_keeps_to_its_category_in_global_order(self, store: PostgresEventStore) -> None:
+        start = await store.head_position()
+        tasks, users = new_stream("task"), new_stream("user")
+        await store.append(tasks, NO_STREAM, [ev(1)])
+        await store.append(users, NO_STREAM, [ev(2)])
+        await store.append(tasks, 1, [ev(3)])
+        seen = await store.read_category("task", start)
+        assert [(e.stream, e.data["n"]) for e in seen] == [(tasks, 1), (tasks, 3)]
+        assert [e.data["n"] for e in await store.read_category("task", seen[0].global_position)] == [3]
+
     async def test_idempotent_retry_returns_original_and_appends_nothing(self, store: PostgresEventStore) -> None:
         stream, key = new_stream(), f"key-{uuid.uuid4()}"
         first = await store.append(stream, NO_STREAM, [ev(1)], idempotency_key=key)

@@ -23,19 +23,11 @@ from gateway.problems import (
     GENERIC_DETAIL,
     PROBLEM_MEDIA_TYPE,
     ProblemMiddleware,
-    bearer_challenge,
-    conflict,
-    content_too_large,
     exception_handlers,
     field_errors,
-    forbidden,
     install_problem_handlers,
     internal_error,
-    not_found,
     problem,
-    too_many_requests,
-    unauthorized,
-    unsupported_media_type,
     validation_failed,
 )
 
@@ -99,55 +91,6 @@ def test_extensions_cannot_redefine_standard_members() -> None:
     with pytest.raises(TypeError, match="type"):
         extensions: dict[str, Any] = {"type": "x"}
         problem(400, "Bad", **extensions)
-
-
-def test_unauthorized_has_a_challenge() -> None:
-    response = unauthorized("token expired", challenge=bearer_challenge("invalid_token", "token expired"))
-    assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token", error_description="token expired"'
-    assert body(response)["type"] == "https://taskstream.dev/problems/unauthorized"
-    assert unauthorized().headers["www-authenticate"] == "Bearer"
-
-
-def test_forbidden_and_not_found() -> None:
-    assert body(forbidden("analysts cannot write")) == {
-        "type": "https://taskstream.dev/problems/forbidden",
-        "title": "Forbidden",
-        "status": 403,
-        "detail": "analysts cannot write",
-    }
-    assert body(not_found())["status"] == 404
-
-
-def test_conflict_names_both_versions() -> None:
-    response = conflict("stream moved on", expected_version=3, actual_version=5, stream="task-1")
-    assert response.status_code == 409
-    assert body(response) == {
-        "type": "https://taskstream.dev/problems/version-conflict",
-        "title": "Conflict",
-        "status": 409,
-        "detail": "stream moved on",
-        "expected_version": 3,
-        "actual_version": 5,
-        "stream": "task-1",
-    }
-
-
-def test_content_too_large_and_unsupported_media_type() -> None:
-    large = content_too_large(1024)
-    assert large.status_code == 413 and body(large)["max_bytes"] == 1024
-    assert body(large)["title"] == "Content Too Large"
-    media = unsupported_media_type("text/plain", ["application/json"])
-    assert media.status_code == 415
-    assert body(media)["supported"] == ["application/json"]
-
-
-def test_too_many_requests_sets_retry_after_in_whole_seconds() -> None:
-    response = too_many_requests(2.1)
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == "3"
-    assert body(response)["retry_after"] == 3
-    assert too_many_requests(0).headers["retry-after"] == "1"
 
 
 def test_field_errors_name_nested_fields_and_unknown_ones() -> None:
