@@ -31,7 +31,8 @@ class _Part(Protocol):
 
 class _Append(Protocol):
     parts: list[Any]
-    metadata: dict[str, Any]
+    data_json: list[list[str]]  # per part, per event: the data, already encoded
+    metadata_json: str
     key: str | None
 
 
@@ -80,19 +81,22 @@ def eligible(batch: Sequence[_Append]) -> bool:
 
 
 def params(batch: Sequence[_Append], notify: bool) -> dict[str, Any]:
+    """The statement's parameters, built around the JSON each append encoded once."""
+    dumps = json.dumps
     heads: dict[str, int] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[str] = []
     for append in batch:
-        for part in append.parts:
+        for part, data in zip(append.parts, append.data_json, strict=True):
             base = _base(part.expected_version)
             heads[part.stream] = base
+            stream, meta = dumps(part.stream), append.metadata_json
             rows.extend(
-                {"stream_id": part.stream, "version": base + offset, "event_id": str(event.id), "type": event.type,
-                 "schema_version": event.schema_version, "data": event.data, "metadata": append.metadata}  # fmt: skip
-                for offset, event in enumerate(part.events, start=1)
+                f'{{"stream_id":{stream},"version":{base + offset},"event_id":"{event.id}","type":{dumps(event.type)},'
+                f'"schema_version":{int(event.schema_version)},"data":{event_data},"metadata":{meta}}}'
+                for offset, (event, event_data) in enumerate(zip(part.events, data, strict=True), start=1)
             )
     head_rows = [{"stream": stream, "expected": expected} for stream, expected in heads.items()]
-    return {"heads": json.dumps(head_rows), "rows": json.dumps(rows, separators=(",", ":")), "notify": notify}
+    return {"heads": dumps(head_rows), "rows": f"[{','.join(rows)}]", "notify": notify}
 
 
 def row_count(batch: Sequence[_Append]) -> int:

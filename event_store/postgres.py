@@ -73,15 +73,17 @@ def _check_stream(stream: str) -> None:
         raise ValueError(f"stream name {stream!r}: the category must be lower-case letters, digits and _")
 
 
-def _check_json(data: Any, what: str) -> None:
-    """What PostgreSQL's jsonb refuses (NaN, infinities, NUL characters) or JSON cannot carry
-    is refused here, for this append alone, instead of failing the whole group commit."""
+def _encode(data: Any, what: str) -> str:
+    """The JSON the batch will carry, made once per append. What PostgreSQL's jsonb refuses
+    (NaN, infinities, NUL characters) or JSON cannot carry is refused here, for this append
+    alone, instead of failing the whole group commit."""
     try:
-        encoded = json.dumps(data, allow_nan=False)
+        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not storable as JSON: {exc}") from None
     if "\\u0000" in encoded.replace("\\\\", ""):
         raise ValueError(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    return encoded
 
 
 def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
@@ -102,7 +104,8 @@ def _row_to_event(row: tuple[Any, ...]) -> RecordedEvent:
 @dataclass
 class _Append:
     parts: list[StreamAppend]
-    metadata: dict[str, Any]
+    data_json: list[list[str]]  # per part, per event: its data, encoded once by append_streams
+    metadata_json: str
     key: str | None
     fingerprint: str | None
     future: asyncio.Future[list[AppendResult]] = field(repr=False)
@@ -179,11 +182,11 @@ class PostgresEventStore:
             raise ValueError("an append needs at least one stream")
         if len({p.stream for p in parts}) != len(parts):
             raise ValueError("each stream may appear once in an append")
+        data_json: list[list[str]] = []
         for part in parts:
             _check_stream(part.stream)
             expected = part.expected_version
-            for event in part.events:
-                _check_json(event.data, f"the data of a {event.type!r} event")
+            data_json.append([_encode(event.data, f"the data of a {event.type!r} event") for event in part.events])
             if isinstance(expected, bool) or (not isinstance(expected, int) and expected not in (ANY, NO_STREAM)):
                 raise ValueError(f"expected_version must be an int, 'any' or 'no_stream', not {expected!r}")
             if isinstance(expected, int) and expected < 0:
@@ -193,9 +196,9 @@ class PostgresEventStore:
         meta = (metadata or Metadata()).to_json()
         if idempotency_key is not None:
             meta.setdefault("idempotency_key", idempotency_key)
-        _check_json(meta, "the metadata")
+        metadata_json = _encode(meta, "the metadata")
         future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(list(parts), meta, idempotency_key, fingerprint, future))
+        self._pending.append(_Append(list(parts), data_json, metadata_json, idempotency_key, fingerprint, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="event-store-group-commit")
         return await future
@@ -263,7 +266,7 @@ class PostgresEventStore:
                     return _fast_append.results(batch, {row[0]: row[1] for row in rows})
                 self.commit_counts["fast_guard_refused"] += 1
             except psycopg.errors.UniqueViolation:
-                self.commit_counts["fast_collided"] += 1  # a stream moved on after the snapshot
+                self.commit_counts["fast_collided"] += 1  # a duplicate event id: the slow path finds whose
         self.commit_counts["decided_under_lock"] += 1
         async with self._pool.connection() as conn:
             cur = await conn.execute(_APPEND, (_batch_json(batch), self._notify))
@@ -364,26 +367,19 @@ _KNOWN_KEY = "SELECT fingerprint, result FROM idempotency_keys WHERE key = %s"
 
 
 def _batch_json(batch: Sequence[_Append]) -> str:
-    """The batch as taskstream_append takes it (migration 0002)."""
-    return json.dumps(
-        [
-            {
-                "key": a.key,
-                "fingerprint": a.fingerprint,
-                "metadata": a.metadata,
-                "parts": [
-                    {
-                        "stream": p.stream,
-                        "expected": p.expected_version,
-                        "events": [{"id": str(e.id), "type": e.type, "schema_version": e.schema_version, "data": e.data} for e in p.events],
-                    }
-                    for p in a.parts
-                ],
-            }
-            for a in batch
-        ],
-        separators=(",", ":"),
-    )
+    """The batch as taskstream_append takes it (migration 0002), around the JSON encoded once."""
+    dumps = json.dumps
+    items = []
+    for a in batch:
+        parts = []
+        for part, data in zip(a.parts, a.data_json, strict=True):
+            events = ",".join(
+                f'{{"id":"{e.id}","type":{dumps(e.type)},"schema_version":{int(e.schema_version)},"data":{d}}}'
+                for e, d in zip(part.events, data, strict=True)
+            )
+            parts.append(f'{{"stream":{dumps(part.stream)},"expected":{dumps(part.expected_version)},"events":[{events}]}}')
+        items.append(f'{{"key":{dumps(a.key)},"fingerprint":{dumps(a.fingerprint)},"metadata":{a.metadata_json},"parts":[{",".join(parts)}]}}')
+    return f"[{','.join(items)}]"
 
 
 def _results(parts: list[dict[str, Any]], *, replayed: bool, positions: dict[str, int] | None = None) -> list[AppendResult]:

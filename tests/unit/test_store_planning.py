@@ -28,6 +28,14 @@ class Append:
     fingerprint: str | None = None
     future: Any = None
 
+    @property
+    def data_json(self) -> list[list[str]]:
+        return [[json.dumps(e.data) for e in p.events] for p in self.parts]
+
+    @property
+    def metadata_json(self) -> str:
+        return json.dumps(self.metadata)
+
 
 def part(stream: str | None = None, expected: Any = NO_STREAM, n: int = 1) -> StreamAppend:
     return StreamAppend(stream or f"task-{uuid.uuid4()}", expected, [NewEvent("x", {"i": i}) for i in range(n)])
