@@ -50,6 +50,13 @@ class Settings:
 
     relay_batch_size: int = 500
     relay_checkpoint_name: str = "relay"
+
+    projector_group_id: str = "taskstream-projector"
+    projector_batch_size: int = 500
+    projector_metrics_port: int = 0  # 0: no /metrics server
+    cache_ttl_seconds: int = 3600  # Redis entries of the read cache
+    near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
+    read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
     command_retries: int = 3
     dev_mode: bool = False
 
@@ -82,6 +89,12 @@ class Settings:
             "jwt_audience": ("JWT_AUDIENCE", str),
             "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
             "relay_batch_size": ("RELAY_BATCH_SIZE", int),
+            "projector_group_id": ("PROJECTOR_GROUP_ID", str),
+            "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
+            "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
+            "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
+            "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
+            "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
             "command_retries": ("COMMAND_RETRIES", int),
         }
         for name, (var, cast) in casts.items():

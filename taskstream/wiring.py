@@ -132,3 +132,81 @@ async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None
             await writer.wait_closed()
         return
     raise ConnectionError("; ".join(errors) or "no bootstrap servers")
+
+
+# --- the projector ----------------------------------------------------------------------------
+
+
+def build_projectors(settings: Settings, store: PostgresEventStore, cache: object | None, *, consumer: str,
+                     names: Sequence[str] | None = None) -> dict[str, object]:  # fmt: skip
+    from projections.catalog import MODELS
+    from projections.runtime import Projector
+    from schemas.catalog import registry
+
+    wanted = list(names or MODELS)
+    return {
+        name: Projector(MODELS[name], store.pool, store.read_streams, registry(), consumer=consumer, cache=cache)  # type: ignore[arg-type]
+        for name in wanted
+    }
+
+
+async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Sequence[str] | None = None) -> None:
+    """``taskstream project``: the faust app over the category topics, until ``stop``."""
+    import os
+    import socket
+
+    from prometheus_client import Gauge, start_http_server
+
+    from projections.cache import ReadCache
+    from projections.catalog import MODELS
+    from projections.lag import LagMeter
+    from projections.stream import StreamConfig, build_app, topics
+
+    store = await PostgresEventStore.connect(settings.database_url, min_size=2, max_size=6)
+    redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    cache = ReadCache(redis_client, ttl_seconds=settings.cache_ttl_seconds)
+    consumer = f"{socket.gethostname()}:{os.getpid()}"
+    projectors = build_projectors(settings, store, cache, consumer=consumer, names=names)
+    config = StreamConfig(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.projector_group_id,
+        topic_prefix=settings.kafka_topic_prefix,
+        batch_size=settings.projector_batch_size,
+    )
+    registry = CollectorRegistry()
+    lag_events = Gauge("taskstream_projection_lag_events", "Events of the category not yet in the read model",
+                       ["projection"], registry=registry)  # fmt: skip
+    lag_seconds = Gauge("taskstream_projection_lag_seconds", "Age of the oldest event not yet in the read model",
+                        ["projection"], registry=registry)  # fmt: skip
+    if settings.projector_metrics_port:
+        start_http_server(settings.projector_metrics_port, addr="127.0.0.1", registry=registry)
+    meter = LagMeter(store.pool, [MODELS[n] for n in projectors])
+    app = None
+    try:
+        while not stop.is_set():  # the broker may come up after us
+            try:
+                await ensure_topics(settings.kafka_bootstrap_servers, topics(config, projectors.values()))  # type: ignore[arg-type]
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until the broker answers
+                log.warning("projector: broker %s not reachable yet: %r", settings.kafka_bootstrap_servers, exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        if stop.is_set():
+            return
+        app = build_app(config, projectors)  # type: ignore[arg-type]
+        await app.start()
+        log.info("projector %s running: %s", consumer, ", ".join(projectors))
+        while not stop.is_set():
+            try:
+                for name, lag in (await meter.measure()).items():
+                    lag_events.labels(name).set(lag.events)
+                    lag_seconds.labels(name).set(lag.seconds)
+            except Exception as exc:  # noqa: BLE001 - metrics must not stop the projector
+                log.warning("projector: lag measurement failed: %r", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        if app is not None:
+            await app.stop()
+        await redis_client.aclose()
+        await store.close()

@@ -93,6 +93,21 @@ def upgrade() -> None:
     op.execute("CREATE INDEX tasks_project_status ON tasks (project_id, status, created_position)")
     op.execute("CREATE INDEX tasks_project_kind ON tasks (project_id, kind, created_position)")
     op.execute("CREATE INDEX tasks_status ON tasks (status, created_position)")
+    # Adds status counts key by key: the tasks projection moves counts by difference.
+    op.execute(
+        """
+        CREATE FUNCTION taskstream_add_counts(a jsonb, b jsonb) RETURNS jsonb
+        LANGUAGE sql IMMUTABLE AS $$
+            SELECT COALESCE(jsonb_object_agg(k, n), '{}'::jsonb) FROM (
+                SELECT k, sum(v)::bigint AS n FROM (
+                    SELECT key AS k, value::bigint AS v FROM jsonb_each_text(a)
+                    UNION ALL
+                    SELECT key, value::bigint FROM jsonb_each_text(b)
+                ) AS parts GROUP BY k
+            ) AS sums
+        $$
+        """
+    )
     op.execute(
         """
         CREATE TABLE projection_tracking (
@@ -102,6 +117,7 @@ def upgrade() -> None:
             "offset"        bigint      NOT NULL,
             global_position bigint      NOT NULL,
             event_time      timestamptz NOT NULL,
+            consumer        text        NOT NULL,
             updated_at      timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (projection, topic, partition)
         )
@@ -133,3 +149,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in ("projection_failures", "projection_tracking", "tasks", "projects", "users"):
         op.execute(f"DROP TABLE {table}")
+    op.execute("DROP FUNCTION taskstream_add_counts(jsonb, jsonb)")

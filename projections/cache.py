@@ -1,0 +1,118 @@
+"""The Redis cache in front of the read models, shared by the projector (writes) and gateways (reads).
+
+Entries are ``ts:rm:<model>:<id>`` -> ``<revision>:<view JSON>``, with a TTL. Every write is a
+compare-and-set in Lua: an entry is never replaced by an older revision, so a gateway filling a
+miss with a row it read a moment ago cannot overwrite what the projector wrote since, in either
+order. The projector writes the rows it has just committed (write-through, after the commit), so
+a reader sees a new version without a miss; gateways fill misses. Memory is bounded by the TTL
+and by Redis's own ``maxmemory`` policy where one is set.
+
+If Redis cannot be written, the projector remembers the keys it could not refresh (up to a bound)
+and deletes them once Redis answers again; past the bound it deletes every entry of the prefix.
+Nothing stale is served after an outage, whatever the server kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("taskstream.cache")
+
+PREFIX = "ts:rm:"
+
+# KEYS[1] = key; ARGV = revision, value, ttl seconds. 1 when written, 0 when an equal or newer
+# revision is there already.
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, ':', 1, true)
+  if sep then
+    local held = tonumber(string.sub(current, 1, sep - 1))
+    if held and held >= tonumber(ARGV[1]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+def cache_key(model: str, entity_id: Any) -> str:
+    return f"{PREFIX}{model}:{entity_id}"
+
+
+def decode(raw: bytes) -> tuple[int, bytes]:
+    revision, _, body = raw.partition(b":")
+    return int(revision), body
+
+
+class ReadCache:
+    """Version-guarded reads and writes of cached views."""
+
+    def __init__(self, redis: Redis, *, ttl_seconds: int = 3600, max_dirty: int = 100_000) -> None:
+        self.redis = redis
+        self.ttl_seconds = ttl_seconds
+        self._cas = redis.register_script(_CAS)
+        self._dirty: set[str] = set()
+        self._dirty_overflow = False
+        self._max_dirty = max_dirty
+
+    async def get(self, key: str) -> tuple[int, bytes] | None:
+        raw = await self.redis.get(key)
+        return None if raw is None else decode(raw)
+
+    async def put(self, key: str, revision: int, body: bytes) -> bool:
+        return bool(await self._cas(keys=[key], args=[revision, body, self.ttl_seconds]))
+
+    async def put_many(self, entries: Sequence[tuple[str, int, bytes]]) -> None:
+        """Write-through after a commit. Never raises: a failure marks the keys dirty."""
+        if not entries:
+            return
+        try:
+            await self.clean()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, revision, body in entries:
+                    await self._cas(keys=[key], args=[revision, body, self.ttl_seconds], client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cache write-through failed (%d keys marked stale): %r", len(entries), exc)
+            self._mark_dirty(key for key, _, _ in entries)
+
+    def _mark_dirty(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if len(self._dirty) >= self._max_dirty:
+                self._dirty_overflow = True
+                self._dirty.clear()
+                return
+            self._dirty.add(key)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty) or self._dirty_overflow
+
+    async def clean(self) -> None:
+        """Delete what could not be refreshed during an outage (raises while Redis is down)."""
+        if self._dirty_overflow:
+            async for batch in _scan_batches(self.redis, f"{PREFIX}*"):
+                await self.redis.delete(*batch)
+            self._dirty_overflow = False
+        if self._dirty:
+            keys = list(self._dirty)
+            for start in range(0, len(keys), 1000):
+                await self.redis.delete(*keys[start : start + 1000])
+            self._dirty.difference_update(keys)
+
+
+async def _scan_batches(redis: Redis, pattern: str, size: int = 1000):  # noqa: ANN202 - async generator
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=pattern, count=size):
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,77 @@
+"""What every read model is: a category it follows, a table, and a pure ``apply``.
+
+``apply(row, event) -> row`` takes the row as it is (None: no row yet) and one event of the
+row's stream, already upcast to the current schema version, and returns the new row. It does no
+I/O and never mutates its input. Every row carries ``version`` (the stream version it reflects)
+and ``global_position`` (of the last event applied); the runtime never hands ``apply`` an event
+at or below ``version``, nor one that skips a version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from schemas.envelope import RecordedEvent
+
+Row: TypeAlias = dict[str, Any]
+Apply: TypeAlias = Callable[[Row | None, RecordedEvent], Row]
+
+
+class UnknownEvent(ValueError):
+    """An event type this projection does not know: it is parked, never skipped."""
+
+    def __init__(self, projection: str, event: RecordedEvent) -> None:
+        super().__init__(f"projection {projection!r} does not know event type {event.type!r}")
+
+
+class OutOfOrder(ValueError):
+    """An event that cannot follow the row (a first event for an existing row, or the reverse)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadModel:
+    name: str  # the projection's name, also the table's
+    category: str  # the stream category it follows
+    key: str  # the id column; streams are ``<category>-<id>``
+    columns: tuple[str, ...]  # the columns ``apply`` owns (and the upsert writes)
+    apply: Apply
+
+    def entity_id(self, stream: str) -> uuid.UUID:
+        return uuid.UUID(stream[len(self.category) + 1 :])
+
+    def owns(self, stream: str) -> bool:
+        """Whether ``stream`` is ``<category>-<uuid>`` of this model."""
+        if not stream.startswith(self.category + "-"):
+            return False
+        try:
+            self.entity_id(stream)
+        except ValueError:
+            return False
+        return True
+
+    def stream_of(self, entity_id: uuid.UUID | str) -> str:
+        return f"{self.category}-{entity_id}"
+
+
+def stamped(row: Mapping[str, Any], event: RecordedEvent, **changes: Any) -> Row:
+    """A copy of ``row`` with ``changes``, moved to ``event``'s version and position."""
+    new = dict(row)
+    new.update(changes)
+    new["version"] = event.version
+    new["global_position"] = event.global_position
+    new["updated_at"] = event.recorded_at
+    return new
+
+
+def require(row: Row | None, event: RecordedEvent) -> Row:
+    if row is None:
+        raise OutOfOrder(f"{event.type} v{event.version} of {event.stream} has no row to apply to")
+    return row
+
+
+def first(row: Row | None, event: RecordedEvent) -> None:
+    if row is not None and row.get("version", 0) > 0:
+        raise OutOfOrder(f"{event.type} of {event.stream} starts a row that exists at v{row['version']}")

@@ -1,0 +1,393 @@
+"""The projector loop: applies batches of log records to a read model, exactly once in effect.
+
+Guarantees
+----------
+- **Idempotent and order-safe.** Each row stores the stream version it reflects. An event at or
+  below it is dropped; an event that would skip a version is not applied out of order: the
+  missing events are read from the event store (the truth) and applied first. So redelivered,
+  duplicated or reordered records leave the rows exactly as one in-order pass would.
+- **Tracked with the output.** A batch's rows, the status counts it moves and the per-partition
+  tracking (offset, global position, event time) are written in one transaction. The caller
+  acknowledges the records to the log only after that commit, so a crash re-delivers at most
+  what was not committed, and the version guard drops what was.
+- **One writer per partition at a time.** The transaction takes a transaction-level advisory
+  lock per (projection, topic, partition) before reading rows, so during a consumer-group
+  rebalance an old and a new owner of a partition run one after the other: the second sees the
+  first's rows and drops what it applied. The counts kept by difference depend on that.
+- **Nothing dropped silently.** An event whose application fails (an unknown type, data the
+  projector cannot read, a row the database refuses) is retried, then parked with its error in
+  ``projection_failures``. Later events of that stream wait behind it: they are not applied
+  while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
+
+Price: one round trip per statement of a batch (lock, parked streams, rows, upsert, counts,
+tracking), paid once per batch of up to hundreds of events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from projections import views
+from projections.cache import ReadCache, cache_key
+from projections.model import ReadModel, Row
+from projections.tasks import count_changes
+from schemas.envelope import RecordedEvent
+from schemas.registry import Registry
+
+log = logging.getLogger("taskstream.projections")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of the log, as the projector sees it."""
+
+    event: RecordedEvent
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Outcome:
+    applied: int = 0  # events applied to rows
+    dropped: int = 0  # already applied (redelivered, duplicated)
+    filled: int = 0  # read from the store to fill a gap
+    parked: list[str] = field(default_factory=list)  # streams parked in this batch
+    waiting: int = 0  # events held behind a parked stream
+    rows: list[tuple[str, Row]] = field(default_factory=list)  # (model, row) written, as stored
+
+
+class _StreamFailed(Exception):
+    def __init__(self, event: RecordedEvent, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.event = event
+        self.error = error
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _lock_key(model: str, topic: str) -> str:
+    return f"{model}:{topic}"
+
+
+class Projector:
+    """Applies batches to one read model. One instance per model per process."""
+
+    def __init__(
+        self,
+        model: ReadModel,
+        pool: AsyncConnectionPool,
+        read_streams: Any,  # EventStore.read_streams: the store fills gaps
+        registry: Registry,
+        *,
+        consumer: str,
+        cache: ReadCache | None = None,
+        attempts: int = 3,
+        retry_backoff: float = 0.5,
+    ) -> None:
+        self.model = model
+        self._pool = pool
+        self._read_streams = read_streams
+        self._registry = registry
+        self._consumer = consumer
+        self._cache = cache
+        self._attempts = attempts
+        self._retry_backoff = retry_backoff
+        cols = model.columns
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != model.key)
+        self._upsert = (
+            f"INSERT INTO {model.name} ({', '.join(cols)}) SELECT {', '.join(cols)}"
+            f" FROM jsonb_populate_recordset(NULL::{model.name}, %s::jsonb)"
+            f" ON CONFLICT ({model.key}) DO UPDATE SET {updates} WHERE {model.name}.version < EXCLUDED.version"
+            " RETURNING *"
+        )
+
+    # --- the loop's one step ---------------------------------------------------------------
+
+    async def apply_batch(self, records: Sequence[Record]) -> Outcome:
+        """Apply a batch and commit it with its tracking. Retries transient database failures
+        until it succeeds (the caller must not acknowledge the records before this returns)."""
+        delay = self._retry_backoff
+        while True:
+            try:
+                outcome = await self._apply_once(records, isolate=None)
+                break
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                log.warning("%s: a batch was refused (%s); applying its streams one by one", self.model.name, exc)
+                outcome = await self._apply_streams_alone(records)
+                break
+            except psycopg.Error as exc:
+                log.warning("%s: batch failed, retrying in %.1f s: %r", self.model.name, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        await self._write_through(outcome.rows)
+        return outcome
+
+    async def _apply_streams_alone(self, records: Sequence[Record]) -> Outcome:
+        """Each stream in its own transaction; one the database keeps refusing is parked."""
+        total = Outcome()
+        for stream in sorted({r.event.stream for r in records}):
+            for attempt in range(1, self._attempts + 1):
+                try:
+                    part = await self._apply_once(records, isolate=stream)
+                except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                    if attempt < self._attempts:
+                        continue
+                    event = min((r.event for r in records if r.event.stream == stream), key=lambda e: e.version)
+                    await self._park(stream, event, exc, attempt)
+                    total.parked.append(stream)
+                    break
+                total.applied += part.applied
+                total.dropped += part.dropped
+                total.filled += part.filled
+                total.waiting += part.waiting
+                total.parked += part.parked
+                total.rows += part.rows
+                break
+        await self._track(records)
+        return total
+
+    async def _apply_once(self, records: Sequence[Record], *, isolate: str | None) -> Outcome:
+        model = self.model
+        outcome = Outcome()
+        by_stream: dict[str, dict[int, RecordedEvent]] = defaultdict(dict)
+        for record in records:
+            if isolate is None or record.event.stream == isolate:
+                by_stream[record.event.stream].setdefault(record.event.version, record.event)
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                await self._lock_partitions(conn, records)
+                parked = await self._parked(conn, list(by_stream))
+                ids = [model.entity_id(s) for s in by_stream if s not in parked]
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(f"SELECT * FROM {model.name} WHERE {model.key} = ANY(%s)", (ids,))
+                current = {str(row[model.key]): row for row in await cur.fetchall()}
+                plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
+                gapped: dict[str, int] = {}
+                for stream, events in by_stream.items():
+                    if stream in parked:
+                        outcome.waiting += len(events)
+                        continue
+                    row = current.get(str(model.entity_id(stream)))
+                    at = int(row["version"]) if row else 0
+                    pending = [events[v] for v in sorted(events) if v > at]
+                    outcome.dropped += len(events) - len(pending)
+                    if not pending:
+                        continue
+                    if [e.version for e in pending] != list(range(at + 1, at + 1 + len(pending))):
+                        gapped[stream] = at
+                    plans[stream] = (row, pending)
+                if gapped:
+                    filled = await self._read_streams(gapped)
+                    for stream, events in filled.items():
+                        outcome.filled += max(0, len(events) - len(plans[stream][1]))
+                        plans[stream] = (plans[stream][0], list(events))
+                new_rows: list[Row] = []
+                moves: list[tuple[str, str | None, str]] = []
+                for stream, (row, pending) in plans.items():
+                    try:
+                        new_row = self._fold(row, pending)
+                    except _StreamFailed as failed:
+                        await self._park(stream, failed.event, failed.error, self._attempts, conn=conn)
+                        outcome.parked.append(stream)
+                        continue
+                    outcome.applied += len(pending)
+                    new_rows.append(new_row)
+                    if model.name == "tasks":
+                        moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
+                written: list[Row] = []
+                if new_rows:
+                    payload = json.dumps(
+                        [{c: r.get(c) for c in model.columns} for r in new_rows], default=_json_default
+                    )
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(self._upsert, (payload,))
+                    written = await cur.fetchall()
+                outcome.rows = [(model.name, row) for row in written]
+                if moves:
+                    # Only moves whose row was really written: a row another writer had already
+                    # moved past is not counted twice.
+                    stored = {str(r["task_id"]) for r in written}
+                    real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
+                    outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
+                if isolate is None:
+                    await self._track(records, conn=conn)
+        return outcome
+
+    def _fold(self, row: Row | None, events: Sequence[RecordedEvent]) -> Row:
+        for event in events:
+            for attempt in range(1, self._attempts + 1):
+                try:
+                    upcast = replace(event, data=self._registry.upcast(event.type, event.schema_version, event.data))
+                    row = self.model.apply(row, upcast)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a failing event is parked, never lost
+                    if attempt == self._attempts:
+                        raise _StreamFailed(event, exc) from exc
+        assert row is not None
+        return row
+
+    # --- SQL -------------------------------------------------------------------------------
+
+    async def _lock_partitions(self, conn: psycopg.AsyncConnection[Any], records: Sequence[Record]) -> None:
+        keys = sorted({(_lock_key(self.model.name, r.topic), r.partition) for r in records})
+        for key, partition in keys:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (key, partition))
+
+    async def _parked(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> set[str]:
+        cur = await conn.execute(
+            "SELECT DISTINCT stream_id FROM projection_failures"
+            " WHERE projection = %s AND stream_id = ANY(%s) AND resolved_at IS NULL",
+            (self.model.name, streams),
+        )
+        return {row[0] for row in await cur.fetchall()}
+
+    async def _move_counts(self, conn: psycopg.AsyncConnection[Any], moves: list[tuple[str, str | None, str]]) -> list[Row]:
+        deltas = count_changes(moves)
+        if not deltas:
+            return []
+        payload = json.dumps([{"project_id": p, "delta": d} for p, d in sorted(deltas.items())])
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "INSERT INTO projects (project_id, task_counts, counts_revision)"
+            " SELECT d.project_id, d.delta, 1 FROM jsonb_to_recordset(%s::jsonb) AS d(project_id uuid, delta jsonb)"
+            " ORDER BY d.project_id"
+            " ON CONFLICT (project_id) DO UPDATE SET"
+            " task_counts = taskstream_add_counts(projects.task_counts, EXCLUDED.task_counts),"
+            " counts_revision = projects.counts_revision + 1"
+            " RETURNING *",
+            (payload,),
+        )
+        return list(await cur.fetchall())
+
+    async def _track(self, records: Sequence[Record], *, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+        latest: dict[tuple[str, int], Record] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            if key not in latest or record.offset > latest[key].offset:
+                latest[key] = record
+        if not latest:
+            return
+        rows = [
+            {"topic": t, "partition": p, "offset": r.offset, "position": r.event.global_position,
+             "time": r.event.recorded_at.isoformat()}
+            for (t, p), r in sorted(latest.items())
+        ]  # fmt: skip
+        query = (
+            'INSERT INTO projection_tracking (projection, topic, partition, "offset", global_position, event_time, consumer)'
+            " SELECT %s, t.topic, t.partition, t.offset, t.position, t.time, %s"
+            " FROM jsonb_to_recordset(%s::jsonb) AS t(topic text, partition int, \"offset\" bigint, position bigint, time timestamptz)"
+            " ON CONFLICT (projection, topic, partition) DO UPDATE SET"
+            ' "offset" = GREATEST(projection_tracking."offset", EXCLUDED."offset"),'
+            " global_position = GREATEST(projection_tracking.global_position, EXCLUDED.global_position),"
+            " event_time = GREATEST(projection_tracking.event_time, EXCLUDED.event_time),"
+            " consumer = EXCLUDED.consumer, updated_at = now()"
+        )
+        params = (self.model.name, self._consumer, json.dumps(rows))
+        if conn is not None:
+            await conn.execute(query, params)
+            return
+        async with self._pool.connection() as own:
+            await own.execute(query, params)
+
+    async def _park(
+        self, stream: str, event: RecordedEvent, error: BaseException, attempts: int,
+        *, conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> None:  # fmt: skip
+        log.error("%s: parked %s at v%d (%s): %s", self.model.name, stream, event.version, event.type, error)
+        query = (
+            "INSERT INTO projection_failures (projection, stream_id, version, event_id, global_position, type, error, attempts)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (projection, stream_id, version) DO UPDATE SET error = EXCLUDED.error,"
+            " attempts = projection_failures.attempts + EXCLUDED.attempts, last_failed_at = now(), resolved_at = NULL"
+        )
+        params = (self.model.name, stream, event.version, event.id, event.global_position, event.type,
+                  f"{type(error).__name__}: {error}"[:4000], attempts)  # fmt: skip
+        if conn is not None:
+            await conn.execute(query, params)
+            return
+        async with self._pool.connection() as own:
+            await own.execute(query, params)
+
+    async def park_undecodable(self, topic: str, partition: int, offset: int, key: bytes | None, error: Any) -> None:
+        """A record that is not an event of this model: parked under its key, never dropped.
+        It blocks nothing (no stream is known for it); the operator sees it in the failures."""
+        stream = (key or b"").decode("utf-8", "replace") or "(no key)"
+        reason = error if isinstance(error, BaseException) else ValueError(f"not a {self.model.category} stream: {stream}")
+        event = RecordedEvent(
+            id=uuid.uuid5(uuid.NAMESPACE_URL, f"kafka:{topic}:{partition}:{offset}"), stream=stream,
+            type="(undecodable)", schema_version=1, version=-(offset + 1), global_position=0,
+            recorded_at=datetime.now(timezone.utc), data={}, metadata={},
+        )  # fmt: skip
+        await self._park(stream, event, reason, 1)
+        await self._track([Record(replace(event, global_position=0), topic, partition, offset)])
+
+    async def _write_through(self, rows: Sequence[Any]) -> None:
+        if self._cache is None or not rows:
+            return
+        entries = []
+        for model_name, row in rows:
+            if int(row["version"]) == 0:  # a project known only by its task counts: not visible yet
+                continue
+            key_column = "project_id" if model_name == "projects" else self.model.key
+            view = views.VIEWS[model_name](row)
+            entries.append((cache_key(model_name, row[key_column]), views.revision(model_name, row), views.dumps(view)))
+        await self._cache.put_many(entries)
+
+    # --- operators -------------------------------------------------------------------------
+
+    async def retry_parked(self, stream: str) -> Outcome:
+        """Apply a parked stream from the store; on success its failures are resolved."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT version FROM {self.model.name} WHERE {self.model.key} = %s", (self.model.entity_id(stream),)
+            )
+            row = await cur.fetchone()
+        at = int(row[0]) if row else 0
+        events = (await self._read_streams({stream: at}))[stream]
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "UPDATE projection_failures SET resolved_at = now()"
+                " WHERE projection = %s AND stream_id = %s AND resolved_at IS NULL",
+                (self.model.name, stream),
+            )
+        records = [Record(e, "", 0, 0) for e in events]
+        outcome = await self._apply_once(records, isolate=stream) if records else Outcome()
+        await self._write_through(outcome.rows)
+        return outcome
+
+
+async def list_failures(pool: AsyncConnectionPool, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT projection, stream_id, version, event_id, global_position, type, error, attempts,"
+            " first_failed_at, last_failed_at, resolved_at FROM projection_failures"
+            + ("" if include_resolved else " WHERE resolved_at IS NULL")
+            + " ORDER BY first_failed_at, projection, stream_id, version LIMIT %s",
+            (limit,),
+        )
+        rows = await cur.fetchall()
+    return [
+        {k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, uuid.UUID) else v) for k, v in r.items()}
+        for r in rows
+    ]
+

@@ -1,0 +1,93 @@
+"""The faust-streaming app that feeds the projectors from the category topics.
+
+One agent per read model consumes ``<prefix><category>`` through the consumer group, so several
+``taskstream project`` processes share the partitions. Records come in batches
+(``noack_take``); a batch is acknowledged to faust only after ``Projector.apply_batch`` has
+committed it, so faust never commits an offset past an event whose rows are not committed. No
+faust Tables: the read models live in PostgreSQL, tracked there with the rows.
+
+tansu (see INFRA.md) reports wrong end offsets, so nothing here relies on them; lag is measured
+from PostgreSQL (``projections.lag``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from projections.runtime import Projector, Record
+from schemas.envelope import RecordedEvent
+
+log = logging.getLogger("taskstream.projections")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    bootstrap_servers: str
+    group_id: str = "taskstream-projector"
+    topic_prefix: str = "events."
+    batch_size: int = 500
+    batch_within: float = 0.02  # seconds to wait for a batch to fill
+    session_timeout: float = 3.0
+    heartbeat_interval: float = 0.5
+
+
+def decode(message: Any) -> Record | Exception:
+    """A faust message as a Record, or why it is not an event."""
+    try:
+        event = RecordedEvent.from_json(json.loads(message.value))
+    except Exception as exc:  # noqa: BLE001 - the caller parks it, never drops it
+        return exc
+    return Record(event, message.topic, message.partition, message.offset)
+
+
+def build_app(config: StreamConfig, projectors: Mapping[str, Projector]) -> faust.App:
+    """The app, with one agent per projector. Start it with ``await app.start()``."""
+    app = faust.App(
+        config.group_id,
+        broker=[f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")],
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=config.session_timeout,
+        broker_heartbeat_interval=config.heartbeat_interval,
+        broker_rebalance_timeout=config.session_timeout,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    for projector in projectors.values():
+        _add_agent(app, config, projector)
+    return app
+
+
+def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> None:
+    topic = app.topic(f"{config.topic_prefix}{projector.model.category}", key_type=bytes, value_type=bytes)
+
+    async def project(stream: Any) -> None:
+        async for events in stream.noack_take(config.batch_size, within=config.batch_within):
+            records = []
+            for event in events:
+                decoded = decode(event.message)
+                if isinstance(decoded, Record) and projector.model.owns(decoded.event.stream):
+                    records.append(decoded)
+                else:
+                    m = event.message
+                    await projector.park_undecodable(m.topic, m.partition, m.offset, m.key, decoded)
+            await projector.apply_batch(records)
+            for event in events:
+                await stream.ack(event)
+
+    project.__name__ = f"project_{projector.model.name}"
+    project.__qualname__ = project.__name__
+    app.agent(topic, name=f"taskstream.project.{projector.model.name}")(project)
+
+
+def topics(config: StreamConfig, projectors: Iterable[Projector]) -> list[str]:
+    return [f"{config.topic_prefix}{p.model.category}" for p in projectors]

@@ -1,0 +1,88 @@
+"""The ``tasks`` read model: every task's status, attempts, the time of each transition, its result
+reference and its last error; and, in its parent project's row, the count of tasks by status.
+
+The counts are kept by difference: when a batch moves a task from status A to status B, the
+project's A count goes down by one and its B count up by one, in the same transaction as the task
+rows. Because the runtime applies an event only once (the row's version guards it, under the
+partition's lock), the counts equal a count over the task rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+from projections.model import ReadModel, Row, UnknownEvent, first, require, stamped
+from schemas.envelope import RecordedEvent
+
+NAME = "tasks"
+
+
+def apply(row: Row | None, event: RecordedEvent) -> Row:
+    data = event.data
+    at = event.recorded_at
+    if event.type == "task.submitted":
+        first(row, event)
+        return stamped(
+            {},
+            event,
+            task_id=data["task_id"],
+            project_id=data["project_id"],
+            kind=data["kind"],
+            payload=data["payload"],
+            status="queued",
+            priority=data["priority"],
+            max_attempts=data["max_attempts"],
+            timeout_seconds=data["timeout_seconds"],
+            attempts=0,
+            worker_id=None,
+            submitted_at=at,
+            started_at=None,
+            succeeded_at=None,
+            failed_at=None,
+            cancelled_at=None,
+            result_ref=None,
+            summary=None,
+            last_error=None,
+            cancel_reason=None,
+            retry_scheduled=False,
+            created_position=event.global_position,
+        )
+    row = require(row, event)
+    if event.type == "task.started":
+        return stamped(row, event, status="running", attempts=data["attempt"], worker_id=data["worker_id"],
+                       started_at=at, retry_scheduled=False)  # fmt: skip
+    if event.type == "task.succeeded":
+        return stamped(row, event, status="succeeded", succeeded_at=at, result_ref=data.get("result_ref"),
+                       summary=data.get("summary", ""))  # fmt: skip
+    if event.type == "task.failed":
+        retry = bool(data["retry_scheduled"])
+        return stamped(row, event, status="queued" if retry else "failed", failed_at=at, last_error=data["error"],
+                       retry_scheduled=retry)  # fmt: skip
+    if event.type == "task.cancelled":
+        return stamped(row, event, status="cancelled", cancelled_at=at, cancel_reason=data.get("reason", ""))
+    raise UnknownEvent(NAME, event)
+
+
+def count_changes(moves: Iterable[tuple[str, str | None, str]]) -> dict[str, dict[str, int]]:
+    """Per project, how each status count moves, from (project_id, old status, new status)."""
+    deltas: dict[str, Counter[str]] = defaultdict(Counter)
+    for project_id, old, new in moves:
+        if old == new:
+            continue
+        if old is not None:
+            deltas[project_id][old] -= 1
+        deltas[project_id][new] += 1
+    return {p: {s: n for s, n in c.items() if n} for p, c in deltas.items() if any(c.values())}
+
+
+MODEL = ReadModel(
+    name=NAME,
+    category="task",
+    key="task_id",
+    columns=("task_id", "project_id", "kind", "payload", "status", "priority", "max_attempts", "timeout_seconds",
+             "attempts", "worker_id", "submitted_at", "started_at", "succeeded_at", "failed_at", "cancelled_at",
+             "updated_at", "result_ref", "summary", "last_error", "cancel_reason", "retry_scheduled",
+             "created_position", "version", "global_position"),
+    apply=apply,
+)  # fmt: skip
