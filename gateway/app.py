@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
 from gateway.problems import current_trace_id, install_problem_handlers, problem
+from gateway.reads import READ_ENDPOINTS
 from gateway.routes import ENDPOINTS, Deps, Endpoint
 
 log = logging.getLogger("taskstream.gateway")
@@ -83,7 +84,8 @@ def create_app(
 ) -> Starlette:
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
-    document = openapi_document(ENDPOINTS)
+    endpoints = (*ENDPOINTS, *READ_ENDPOINTS)
+    document = openapi_document(endpoints)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -120,7 +122,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *(_route(e, deps) for e in ENDPOINTS),
+        *(_route(e, deps) for e in endpoints),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         trace_id = current_trace_id(request)

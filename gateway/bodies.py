@@ -81,6 +81,7 @@ class Accepted(Body):
     stream: str
     version: int = Field(description="the stream's version after the write (also the ETag)")
     global_position: int | None = Field(description="position of the last event written; null when nothing changed")
+    consistency_token: str = Field(description="read your writes: present it to a read (Consistency-Token header or ?consistency_token=)")
 
 
 class TokenResponse(Body):

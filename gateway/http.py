@@ -15,11 +15,12 @@ from starlette.responses import JSONResponse
 from commands.authz import Actor
 from commands.errors import NotFound, ValidationFailed
 from commands.handler import WriteContext, Written
+from gateway import consistency
 from schemas.envelope import Metadata
 
 B = TypeVar("B", bound=BaseModel)
 
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})"?\s*$')
+_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})(?:\.\d{1,18})?"?\s*$')  # a project's read ETag is "<version>.<n>"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -136,13 +137,15 @@ def write_context(request: Request, actor: Actor | None, raw_body: bytes) -> Wri
 
 def written(result: Written, *, status: int, location: str) -> JSONResponse:
     primary = result.primary
+    token = consistency.encode(result.results)
     body: dict[str, Any] = {
         "id": result.entity_id,
         "stream": primary.stream,
         "version": primary.version,
         "global_position": primary.last_position,
+        "consistency_token": token,
     }
-    headers = {"ETag": f'"{primary.version}"', "Location": location}
+    headers = {"ETag": f'"{primary.version}"', "Location": location, consistency.HEADER: token}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(body, status_code=status, headers=headers)

@@ -21,6 +21,7 @@ _ERROR_TEXT = {
     415: "Content-Type is not application/json",
     422: "Validation failed; `errors` lists each failing field; or an Idempotency-Key reused with another body",
     429: "Too many registrations or logins from this address; Retry-After says when to try again",
+    503: "Not available now (a dependency, or a read model that did not reach a consistency token in time); Retry-After says when to retry",
     500: "Unexpected error; carries a trace_id that appears in the logs",
 }
 
@@ -37,7 +38,36 @@ def _problem_response(status: int, components: dict[str, Any]) -> dict[str, Any]
     return {"description": _ERROR_TEXT.get(status, "Error"), "content": {"application/problem+json": {"schema": _schema(Problem, components)}}}
 
 
+def _read_operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
+    """A GET of the query API: its parameters and answer come with the endpoint."""
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+        for name in _PARAM.findall(endpoint.path)
+    ]
+    params += list(endpoint.query)
+    ok: dict[str, Any] = {"description": "OK", "headers": _READ_HEADERS}
+    if endpoint.response is not None:
+        ok["content"] = {"application/json": {"schema": _schema(endpoint.response, components)}}
+    responses: dict[str, Any] = {str(endpoint.status): ok}
+    if any(p["name"] == "If-None-Match" for p in endpoint.query):
+        responses["304"] = {"description": "Not modified since the ETag given in If-None-Match"}
+    for status in (*endpoint.errors, 500):
+        responses[str(status)] = _problem_response(status, components)
+    op: dict[str, Any] = {"summary": endpoint.summary, "operationId": endpoint.handler.__name__,
+                          "security": [{"bearer": []}], "parameters": params, "responses": responses}  # fmt: skip
+    return op
+
+
+_READ_HEADERS = {
+    "ETag": {"schema": {"type": "string"}, "description": 'the version read ("3"; a project: "3.7", version.counts revision)'},
+    "Read-Model-Lag-Events": {"schema": {"type": "integer"}, "description": "how many events the read models may be behind (absent with a consistency token)"},
+    "Read-Model-Lag-Seconds": {"schema": {"type": "number"}, "description": "how old the oldest event not yet in the read models may be"},
+}  # fmt: skip
+
+
 def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]:
+    if endpoint.method == "GET":
+        return _read_operation(endpoint, components)
     op: dict[str, Any] = {"summary": endpoint.summary, "operationId": endpoint.handler.__name__}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
@@ -64,6 +94,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         ok["headers"] = {
             "ETag": {"schema": {"type": "string"}, "description": "the stream's new version"},
             "Location": {"schema": {"type": "string"}, "description": "the resource written"},
+            "Consistency-Token": {"schema": {"type": "string"}, "description": "present it to a read (header or ?consistency_token=) to read this write"},
         }
     op["responses"] = {str(endpoint.status): ok}
     for status in (*endpoint.errors, 500):

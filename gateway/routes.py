@@ -38,6 +38,7 @@ class Deps:
     issuer: TokenIssuer | None
     max_body_bytes: int
     credentials_limiter: RedisRateLimiter | None = None  # registrations and logins (Argon2)
+    reads: Any = None  # gateway.readmodels.Reads: the query API (None: this gateway serves no reads)
 
 
 async def _limit_credentials(request: Request, deps: Deps) -> None:
@@ -58,6 +59,8 @@ class Endpoint:
     status: int = 201
     auth: bool = True
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
+    query: tuple[dict[str, Any], ...] = ()  # reads: their parameters, as OpenAPI objects
+    response: type[BaseModel] | None = None  # reads: the answer's model
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:

@@ -80,6 +80,43 @@ def cmd_relay(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_project(args: argparse.Namespace) -> int:
+    """The projector: the faust app that keeps the read models, until SIGTERM or Ctrl-C."""
+    from taskstream.wiring import run_projector
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await run_projector(_settings(), stop, names=args.only or None)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_projection(args: argparse.Namespace) -> int:
+    """Operators' view of parked events: ``failures`` lists them, ``retry`` applies a stream again."""
+    from event_store.postgres import PostgresEventStore
+    from projections.runtime import list_failures
+    from taskstream.wiring import build_projectors
+
+    async def main() -> int:
+        settings = _settings()
+        store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=2)
+        try:
+            if args.action == "failures":
+                for failure in await list_failures(store.pool, include_resolved=args.all, limit=args.limit):
+                    print(json.dumps(failure), flush=True)
+                return 0
+            projector = build_projectors(settings, store, None, consumer="cli", names=[args.projection])[args.projection]
+            outcome = await projector.retry_parked(args.stream)  # type: ignore[attr-defined]
+            print(json.dumps({"stream": args.stream, "applied": outcome.applied, "parked_again": bool(outcome.parked)}))
+            return 1 if outcome.parked else 0
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Mint a token with the configured key; in a dev checkout, with the dev stack's secret."""
     from gateway.auth import build_auth
@@ -176,7 +213,17 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", type=int, default=0, help="global position to start after")
     tail.add_argument("--follow", action="store_true")
     tail.set_defaults(func=cmd_tail)
-    for later in ("project", "work", "replay"):
+    project = sub.add_parser("project", help="run the projector (read models) until stopped")
+    project.add_argument("--only", action="append", choices=["users", "projects", "tasks"], help="project only these (repeatable)")
+    project.set_defaults(func=cmd_project)
+    projection = sub.add_parser("projection", help="parked events of the projections")
+    projection.add_argument("action", choices=["failures", "retry"])
+    projection.add_argument("stream", nargs="?", help="retry: the parked stream, e.g. task-<uuid>")
+    projection.add_argument("--projection", choices=["users", "projects", "tasks"], help="retry: which read model")
+    projection.add_argument("--all", action="store_true", help="failures: include resolved ones")
+    projection.add_argument("--limit", type=int, default=100)
+    projection.set_defaults(func=cmd_projection)
+    for later in ("work", "replay"):
         sub.add_parser(later, help="(not built yet)").set_defaults(func=cmd_later)
     return p
 
@@ -185,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("alembic", "aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "projection" and args.action == "retry" and not (args.stream and args.projection):
+        p.error("projection retry needs a STREAM and --projection")
     try:
         return int(args.func(args))
     except SettingsError as exc:

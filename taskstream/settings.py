@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +57,13 @@ class Settings:
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
+
+    projector_group_id: str = "taskstream-projector"
+    projector_batch_size: int = 500
+    projector_metrics_port: int = 0  # 0: no /metrics server
+    cache_ttl_seconds: int = 3600  # Redis entries of the read cache
+    near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
+    read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
     command_retries: int = 3
     dev_mode: bool = False
 
@@ -89,6 +96,13 @@ class Settings:
             "jwt_audience": ("JWT_AUDIENCE", str),
             "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
             "relay_batch_size": ("RELAY_BATCH_SIZE", int),
+            "relay_checkpoint_name": ("RELAY_CHECKPOINT_NAME", str),
+            "projector_group_id": ("PROJECTOR_GROUP_ID", str),
+            "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
+            "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
+            "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
+            "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
+            "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
             "projector_group_id": ("PROJECTOR_GROUP_ID", str),
             "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
             "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
@@ -109,6 +123,19 @@ class Settings:
             values["blob_backend"] = "s3"
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that ``from_env`` turns back into these settings, for child
+        processes: every setting that differs from its default, under its upper-cased name."""
+        defaults = Settings(database_url=self.database_url)
+        env = {"DATABASE_URL": self.database_url}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in ("database_url", "dev_mode") and value is not None and value != getattr(defaults, f.name):
+                env[f.name.upper()] = str(value)
+        if self.dev_mode:
+            env["TASKSTREAM_DEV_MODE"] = "1"
+        return env
 
     def topic_for(self, category: str) -> str:
         """Topic per category: ``events.user``, ``events.project``, ``events.task``."""

@@ -90,12 +90,15 @@ def build_gateway(settings: Settings) -> Starlette:
     limiter = None
     if settings.auth_rate_limit_per_minute > 0:
         limiter = RedisRateLimiter(redis_client, limit=settings.auth_rate_limit_per_minute, window_seconds=60)
+    registry = CollectorRegistry()
+    reads, invalidations = build_reads(settings, pool, redis_client, registry)
     deps = Deps(
         service=Service(store, retries=settings.command_retries),
         verifier=verifier,
         issuer=issuer,
         max_body_bytes=settings.max_body_bytes,
         credentials_limiter=limiter,
+        reads=reads,
     )
 
     async def database() -> None:
@@ -108,13 +111,39 @@ def build_gateway(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)
+        tracking = asyncio.create_task(invalidations.run(), name="near-cache-invalidations") if invalidations else None
         try:
             yield
         finally:
+            if tracking is not None:
+                tracking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tracking
+            await reads.close()
             await store.close()
             await redis_client.aclose()
 
-    return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan)
+    return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan, registry=registry)
+
+
+def build_reads(settings: Settings, pool: object, redis_client: Redis, registry: CollectorRegistry) -> tuple[object, object]:
+    """The query side of a gateway: Redis read cache, near-cache and its invalidations, lag."""
+    from gateway.nearcache import Invalidations, NearCache
+    from gateway.readmodels import Reads
+    from projections.cache import ReadCache
+    from projections.catalog import MODELS
+    from projections.lag import LagMeter
+
+    cache = ReadCache(redis_client, ttl_seconds=settings.cache_ttl_seconds)
+    near = NearCache(max_entries=settings.near_cache_entries) if settings.near_cache_entries > 0 else None
+    invalidations = None
+    if near is not None:
+        kwargs = redis_client.connection_pool.connection_kwargs
+        invalidations = Invalidations(near, host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
+                                      password=kwargs.get("password"), db=int(kwargs.get("db", 0)))  # fmt: skip
+    reads = Reads(pool, cache, near, LagMeter(pool, list(MODELS.values())),  # type: ignore[arg-type]
+                  consistency_timeout=settings.read_consistency_timeout, registry=registry)  # fmt: skip
+    return reads, invalidations
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:

@@ -7,6 +7,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ import uvicorn
 
 from gateway.auth import TokenIssuer, build_auth
 from taskstream import embedded
+from tests.support import processes
 from taskstream.settings import Settings
 from taskstream.wiring import build_gateway
 
@@ -28,11 +30,52 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         max_body_bytes=64 * 1024,
         http_port=embedded.free_port(),
         auth_rate_limit_per_minute=100_000,  # the session registers many users from one address
+        kafka_topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
+        relay_checkpoint_name=f"relay-e2e-{uuid.uuid4().hex[:8]}",
+        projector_group_id=f"projector-e2e-{uuid.uuid4().hex[:8]}",
+        read_consistency_timeout=2.0,
     )
 
 
+async def wait_until_projecting(database_url: str, running: list[embedded.ServerProcess], timeout: float = 60) -> None:
+    """Write one event and wait for its row: then the projector has joined its group."""
+    from event_store.postgres import PostgresEventStore
+    from schemas.envelope import NO_STREAM, NewEvent
+
+    store = await PostgresEventStore.connect(database_url, min_size=1, max_size=2)
+    try:
+        user_id = uuid.uuid4()
+        data = {"user_id": str(user_id), "email": f"probe-{user_id.hex[:8]}@example.org", "display_name": "probe",
+                "password_hash": "$argon2id$probe", "role": "member"}  # fmt: skip
+        await store.append(f"user-{user_id}", NO_STREAM, [NewEvent("user.registered", data)])
+        async with asyncio.timeout(timeout):
+            while True:
+                for child in running:
+                    if not child.alive():
+                        raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
+                async with store.pool.connection() as conn:
+                    cur = await conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,))
+                    if await cur.fetchone():
+                        return
+                await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+
 @pytest.fixture(scope="session")
-async def gateway_url(gateway_settings: Settings) -> AsyncIterator[str]:
+async def read_side(gateway_settings: Settings, server_dir: Path) -> AsyncIterator[None]:
+    """The relay and one projector, as child processes: what the gateway's reads read."""
+    children = [processes.start(name, [name], gateway_settings, server_dir / "logs") for name in ("relay", "project")]
+    try:
+        await wait_until_projecting(gateway_settings.database_url, children)
+        yield
+    finally:
+        for child in children:
+            child.stop()
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(gateway_settings: Settings, read_side: None) -> AsyncIterator[str]:
     app = build_gateway(gateway_settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=gateway_settings.http_port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

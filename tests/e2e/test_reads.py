@@ -1,0 +1,108 @@
+"""The query API end to end: write through HTTP, read back through the projector and the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from tests.e2e.conftest import User
+
+
+async def read_until(client: httpx.AsyncClient, url: str, user: User, ok, timeout: float = 20):  # noqa: ANN001, ANN201
+    """Poll without a token until ``ok(answer)``; the read model is eventually consistent."""
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await client.get(url, headers=user.auth)
+            if ok(response):
+                return response
+            await asyncio.sleep(0.05)
+
+
+async def test_a_task_reads_back_with_the_token_at_once(client: httpx.AsyncClient, new_user, new_project) -> None:
+    owner = await new_user()
+    project_id = await new_project(owner)
+    submitted = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo", "payload": {"n": 1}}, headers=owner.auth)
+    assert submitted.status_code == 202, submitted.text
+    token = submitted.headers["Consistency-Token"]
+    assert submitted.json()["consistency_token"] == token
+    task_id = submitted.json()["id"]
+    answer = await client.get(f"/v1/tasks/{task_id}", headers={**owner.auth, "Consistency-Token": token})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"] == task_id and body["status"] == "queued" and body["payload"] == {"n": 1}
+    assert answer.headers["ETag"] == '"1"'
+    assert "Read-Model-Lag-Seconds" not in answer.headers
+    # the project counts moved in the same transaction: the same token reads them
+    project = await client.get(f"/v1/projects/{project_id}", params={"consistency_token": token}, headers=owner.auth)
+    assert project.status_code == 200
+    assert project.json()["task_counts"]["queued"] == 1
+
+
+async def test_reads_without_a_token_converge_and_say_their_lag(client: httpx.AsyncClient, new_user, new_project) -> None:
+    owner = await new_user()
+    project_id = await new_project(owner)
+    renamed = await client.patch(f"/v1/projects/{project_id}", json={"name": f"renamed-{uuid.uuid4().hex[:6]}"}, headers=owner.auth)
+    assert renamed.status_code == 200
+    answer = await read_until(client, f"/v1/projects/{project_id}", owner, lambda r: r.status_code == 200 and r.json()["version"] == 2)
+    assert answer.json()["name"].startswith("renamed-")
+    assert float(answer.headers["Read-Model-Lag-Seconds"]) >= 0
+    assert int(answer.headers["Read-Model-Lag-Events"]) >= 0
+    again = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "If-None-Match": answer.headers["ETag"]})
+    assert again.status_code == 304
+
+
+async def test_visibility_is_the_same_as_for_writes(client: httpx.AsyncClient, new_user, new_project) -> None:
+    owner, stranger, admin = await new_user(), await new_user(), await new_user("admin")
+    project_id = await new_project(owner)
+    submitted = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo"}, headers=owner.auth)
+    token = {"Consistency-Token": submitted.headers["Consistency-Token"]}
+    task_id = submitted.json()["id"]
+    for path in (f"/v1/projects/{project_id}", f"/v1/tasks/{task_id}", f"/v1/projects/{project_id}/tasks"):
+        assert (await client.get(path, headers={**stranger.auth, **token})).status_code == 404, path
+        assert (await client.get(path, headers={**admin.auth, **token})).status_code == 200, path
+    assert (await client.get(f"/v1/users/{owner.id}", headers=stranger.auth)).status_code == 404
+    me = await client.get("/v1/users/me", headers={**owner.auth, **token})
+    assert me.status_code == 200 and me.json()["id"] == owner.id and "password_hash" not in me.text
+
+
+async def test_lists_page_with_stable_cursors_and_refuse_unknown_filters(client: httpx.AsyncClient, new_user, new_project) -> None:
+    owner = await new_user()
+    project_id = await new_project(owner)
+    ids = []
+    for n in range(5):
+        r = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo" if n % 2 else "sleep", "payload": {"n": n}}, headers=owner.auth)
+        ids.append(r.json()["id"])
+    token = {"Consistency-Token": r.headers["Consistency-Token"]}
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(f"/v1/projects/{project_id}/tasks", params=params, headers={**owner.auth, **token})
+        assert page.status_code == 200, page.text
+        seen += [t["id"] for t in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    echo = await client.get(f"/v1/projects/{project_id}/tasks", params={"kind": "echo"}, headers={**owner.auth, **token})
+    assert [t["id"] for t in echo.json()["items"]] == ids[1::2]
+    for bad in ({"status": "done"}, {"kind": "Bad Kind"}, {"limit": 0}, {"limit": 201}, {"cursor": "%%%"}):
+        answer = await client.get(f"/v1/projects/{project_id}/tasks", params=bad, headers=owner.auth)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+    projects = await client.get("/v1/projects", headers={**owner.auth, **token})
+    assert [p["id"] for p in projects.json()["items"]] == [project_id]
+
+
+async def test_a_bad_token_is_422_and_an_unreachable_one_is_503(client: httpx.AsyncClient, new_user, new_project) -> None:
+    owner = await new_user()
+    project_id = await new_project(owner)
+    bad = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": "not-a-token"})
+    assert bad.status_code == 422
+    import base64, json
+
+    future = base64.urlsafe_b64encode(json.dumps({"s": {f"project-{project_id}": 99}, "p": 0}).encode()).decode()
+    late = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": future})
+    assert late.status_code == 503
+    assert late.headers["Retry-After"] == "1"
