@@ -203,13 +203,14 @@ class Projector:
                 new_rows: list[Row] = []
                 moves: list[tuple[str, str | None, str]] = []
                 for stream, (row, pending) in plans.items():
-                    try:
-                        new_row = self._fold(row, pending)
-                    except _StreamFailed as failed:
+                    new_row, applied, failed = self._fold(row, pending)
+                    if failed is not None:
                         await self._park(stream, failed.event, failed.error, self._attempts, conn=conn)
                         outcome.parked.append(stream)
+                        outcome.waiting += len(pending) - applied - 1
+                    if new_row is None or applied == 0:
                         continue
-                    outcome.applied += len(pending)
+                    outcome.applied += applied
                     new_rows.append(new_row)
                     if model.name == "tasks":
                         moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
@@ -232,8 +233,10 @@ class Projector:
                     await self._track(records, conn=conn)
         return outcome
 
-    def _fold(self, row: Row | None, events: Sequence[RecordedEvent]) -> Row:
-        for event in events:
+    def _fold(self, row: Row | None, events: Sequence[RecordedEvent]) -> tuple[Row | None, int, _StreamFailed | None]:
+        """The row after the events, how many were applied, and the failure that stopped it:
+        the events before a failing one are applied, the failing one and those after it wait."""
+        for applied, event in enumerate(events):
             for attempt in range(1, self._attempts + 1):
                 try:
                     upcast = replace(event, data=self._registry.upcast(event.type, event.schema_version, event.data))
@@ -241,9 +244,8 @@ class Projector:
                     break
                 except Exception as exc:  # noqa: BLE001 - a failing event is parked, never lost
                     if attempt == self._attempts:
-                        raise _StreamFailed(event, exc) from exc
-        assert row is not None
-        return row
+                        return row, applied, _StreamFailed(event, exc)
+        return row, len(events), None
 
     # --- SQL -------------------------------------------------------------------------------
 

@@ -104,6 +104,28 @@ async def store(database_url: str) -> AsyncIterator[object]:
     await s.close()
 
 
+def create_database(server_url: str) -> str:
+    """A new, migrated database on the same server: for tests whose processes read every event."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from taskstream.migrate import upgrade
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def isolated_database_url(database_url: str) -> str:
+    """A database of this test module's own (same server as ``database_url``)."""
+    return create_database(database_url)
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix so tests sharing servers never collide."""
