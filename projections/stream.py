@@ -33,8 +33,8 @@ class StreamConfig:
     topic_prefix: str = "events."
     batch_size: int = 500
     batch_within: float = 0.02  # seconds to wait for a batch to fill
-    session_timeout: float = 3.0
-    heartbeat_interval: float = 0.5
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 1.5
 
 
 def decode(message: Any) -> Record | Exception:

@@ -1,9 +1,9 @@
 """``taskstream dev``: the whole system on embedded real servers, in one foreground command.
 
 Starts PostgreSQL, Valkey and tansu from their wheels (data under one project-local folder, so
-a restart keeps the events), runs the migrations, then the gateway and the relay as child
-processes. Ctrl-C, SIGTERM or the death of any child stops everything it started, in reverse
-order; children also carry a parent-death signal, so a crash of this process leaves nothing.
+a restart keeps the events), runs the migrations, then the gateway, the relay and one projector
+(so what is written can be read back) as child processes. Ctrl-C, SIGTERM or the death of any
+child stops everything it started, in reverse order; children also carry a parent-death signal, so a crash of this process leaves nothing.
 tansu keeps its log in memory: after a restart the relay republishes from the events table.
 """
 
@@ -106,12 +106,13 @@ def run(home: Path, ports: DevPorts) -> int:
             "HTTP_PORT": str(ports.http),
             "JWT_SECRET": secret,
             "TASKSTREAM_DEV_MODE": "1",
+            "PROJECTOR_SESSION_TIMEOUT": "3",  # tansu's group join takes half the session timeout
         }
         cli = [sys.executable, "-m", "taskstream.cli"]
-        for name, argv in (("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])):
+        for name, argv in (("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"]), ("projector", [*cli, "project"])):
             proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
             started.append(embedded.ServerProcess(name, "", 0, proc, home / "logs" / f"{name}.log"))
-        gateway = started[-2]
+        gateway = started[-3]
         embedded.wait_until(lambda: embedded.accepts(ports.http), gateway, timeout=60)
 
         from gateway.auth import build_auth

@@ -54,6 +54,7 @@ class Settings:
     projector_group_id: str = "taskstream-projector"
     projector_batch_size: int = 500
     projector_metrics_port: int = 0  # 0: no /metrics server
+    projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
@@ -61,6 +62,7 @@ class Settings:
     projector_group_id: str = "taskstream-projector"
     projector_batch_size: int = 500
     projector_metrics_port: int = 0  # 0: no /metrics server
+    projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
@@ -100,12 +102,14 @@ class Settings:
             "projector_group_id": ("PROJECTOR_GROUP_ID", str),
             "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
             "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
+            "projector_session_timeout": ("PROJECTOR_SESSION_TIMEOUT", float),
             "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
             "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
             "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
             "projector_group_id": ("PROJECTOR_GROUP_ID", str),
             "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
             "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
+            "projector_session_timeout": ("PROJECTOR_SESSION_TIMEOUT", float),
             "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
             "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
             "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),

@@ -201,6 +201,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
         group_id=settings.projector_group_id,
         topic_prefix=settings.kafka_topic_prefix,
         batch_size=settings.projector_batch_size,
+        session_timeout=settings.projector_session_timeout,
+        heartbeat_interval=min(3.0, settings.projector_session_timeout / 6),
     )
     registry = CollectorRegistry()
     lag_events = Gauge("taskstream_projection_lag_events", "Events of the category not yet in the read model",

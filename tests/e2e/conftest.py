@@ -11,13 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.auth import TokenIssuer, build_auth
 from taskstream import embedded
 from tests.support import processes
+from tests.support.stack import serve_gateway, wait_until_projecting
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway
 
 
 @pytest.fixture(scope="session")
@@ -33,33 +32,9 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         kafka_topic_prefix=f"e2e{uuid.uuid4().hex[:8]}.",
         relay_checkpoint_name=f"relay-e2e-{uuid.uuid4().hex[:8]}",
         projector_group_id=f"projector-e2e-{uuid.uuid4().hex[:8]}",
-        read_consistency_timeout=2.0,
+        projector_session_timeout=3.0,
+        read_consistency_timeout=15.0,  # generous: the machine is shared; the 503 test uses its own gateway
     )
-
-
-async def wait_until_projecting(database_url: str, running: list[embedded.ServerProcess], timeout: float = 60) -> None:
-    """Write one event and wait for its row: then the projector has joined its group."""
-    from event_store.postgres import PostgresEventStore
-    from schemas.envelope import NO_STREAM, NewEvent
-
-    store = await PostgresEventStore.connect(database_url, min_size=1, max_size=2)
-    try:
-        user_id = uuid.uuid4()
-        data = {"user_id": str(user_id), "email": f"probe-{user_id.hex[:8]}@example.org", "display_name": "probe",
-                "password_hash": "$argon2id$probe", "role": "member"}  # fmt: skip
-        await store.append(f"user-{user_id}", NO_STREAM, [NewEvent("user.registered", data)])
-        async with asyncio.timeout(timeout):
-            while True:
-                for child in running:
-                    if not child.alive():
-                        raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
-                async with store.pool.connection() as conn:
-                    cur = await conn.execute("SELECT 1 FROM users WHERE user_id = %s", (user_id,))
-                    if await cur.fetchone():
-                        return
-                await asyncio.sleep(0.05)
-    finally:
-        await store.close()
 
 
 @pytest.fixture(scope="session")
@@ -76,18 +51,8 @@ async def read_side(gateway_settings: Settings, server_dir: Path) -> AsyncIterat
 
 @pytest.fixture(scope="session")
 async def gateway_url(gateway_settings: Settings, read_side: None) -> AsyncIterator[str]:
-    app = build_gateway(gateway_settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=gateway_settings.http_port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{gateway_settings.http_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serve_gateway(gateway_settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

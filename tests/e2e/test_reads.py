@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
+from dataclasses import replace
 
 import httpx
 
+from taskstream import embedded
+from taskstream.settings import Settings
 from tests.e2e.conftest import User
+from tests.support.stack import serve_gateway
 
 
 async def read_until(client: httpx.AsyncClient, url: str, user: User, ok, timeout: float = 20):  # noqa: ANN001, ANN201
@@ -95,14 +101,17 @@ async def test_lists_page_with_stable_cursors_and_refuse_unknown_filters(client:
     assert [p["id"] for p in projects.json()["items"]] == [project_id]
 
 
-async def test_a_bad_token_is_422_and_an_unreachable_one_is_503(client: httpx.AsyncClient, new_user, new_project) -> None:
+async def test_a_bad_token_is_422_and_an_unreachable_one_is_503(
+    client: httpx.AsyncClient, new_user, new_project, gateway_settings: Settings  # noqa: ANN001
+) -> None:
     owner = await new_user()
     project_id = await new_project(owner)
     bad = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": "not-a-token"})
     assert bad.status_code == 422
-    import base64, json
-
     future = base64.urlsafe_b64encode(json.dumps({"s": {f"project-{project_id}": 99}, "p": 0}).encode()).decode()
-    late = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": future})
+    impatient = replace(gateway_settings, http_port=embedded.free_port(), read_consistency_timeout=0.3)
+    async with serve_gateway(impatient) as url, httpx.AsyncClient(base_url=url) as other:
+        late = await other.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": future})
     assert late.status_code == 503
     assert late.headers["Retry-After"] == "1"
+    assert late.json()["streams_behind"] == [f"project-{project_id}"]

@@ -193,6 +193,7 @@ def _server_properties(port: int, cport: int, data_dir: Path) -> str:
         "transaction.state.log.min.isr": "1",
         "transaction.state.log.num.partitions": "4",
         "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",  # the tests' consumer groups use 3 s, as on tansu
         "num.network.threads": "2",
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
