@@ -29,16 +29,17 @@ bench: $(STAMP)
 # nginx and openssl from Debian packages, actionlint built from the Go module proxy.
 # Installs what this machine can; says what it could not.
 tools:
-	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	@if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$sudo" != none ]; then \
 	  missing=""; \
 	  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	  command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	  command -v amtool >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
 	  if [ -n "$$missing" ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  fi; \
-	else echo "make tools: no apt-get (or not root): nginx, openssl, promtool, amtool not installed"; fi
+	else echo "make tools: no apt-get or no root: nginx, openssl, promtool, amtool not installed"; fi
 	@if [ -x "$(TOOLS)/go/bin/actionlint" ]; then :; \
 	elif command -v go >/dev/null 2>&1; then \
 	  GOPATH="$(TOOLS)/go" GOFLAGS=-modcacherw go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION); \
