@@ -87,6 +87,22 @@ def test_the_sizing_table(environment: str) -> None:
     assert _one(environment, "ConfigMap", "-config")["metadata"]["labels"]["taskstream.io/environment"] == environment
 
 
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ({"workers": {"concurrency": 0}}, "/workers/concurrency"),
+        ({"config": {"HTTP_PORT": 8000}}, "/config/HTTP_PORT"),  # ConfigMap values are strings
+        ({"gateway": {"trustedProxies": "*"}}, "/gateway/trustedProxies"),  # would trust client-written addresses
+        ({"workers": {"replica": 3}}, "/workers"),  # a typo is not silently ignored
+    ],
+)
+def test_the_values_schema_refuses_mistakes(bad: dict[str, Any], where: str) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmValuesError, match=where):
+        _render_module().render("production", bad)
+
+
 def test_deployments_run_the_processes_of_the_one_image() -> None:
     commands = set(parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
     images = set()
