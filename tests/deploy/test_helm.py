@@ -201,3 +201,13 @@ def test_alert_rules_are_in_sync_with_monitoring() -> None:
 def test_k8s_folder_matches_the_chart(capsys: pytest.CaptureFixture[str]) -> None:
     """The checked-in plain manifests (`make k8s`) are the production rendering of the chart."""
     assert _render_module().main(["--environment", "production", "--check", str(ROOT / "k8s")]) == 0, capsys.readouterr().err
+
+
+def test_the_k8s_check_notices_a_stale_or_missing_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    render = _render_module()
+    assert render.main(["--environment", "production", "--out", str(tmp_path)]) == 0
+    assert render.main(["--environment", "production", "--check", str(tmp_path)]) == 0
+    (tmp_path / "relay.yaml").write_text((tmp_path / "relay.yaml").read_text().replace("replicas: 1", "replicas: 2"))
+    (tmp_path / "ingress.yaml").unlink()
+    assert render.main(["--environment", "production", "--check", str(tmp_path)]) == 1
+    assert "ingress.yaml, relay.yaml" in capsys.readouterr().err
