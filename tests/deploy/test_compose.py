@@ -143,3 +143,11 @@ def test_grafana_provisioning_points_at_the_stack(path: str) -> None:
     else:
         mounts = {v["target"] for v in _resolved()["services"]["grafana"]["volumes"]}
         assert config["providers"][0]["options"]["path"] in mounts
+
+
+def test_every_setting_passed_to_the_processes_is_one_they_read() -> None:
+    settings_source = (ROOT / "taskstream" / "settings.py").read_text()
+    for name in _resolved()["services"]["gateway"]["environment"]:
+        if name.startswith("AWS_"):  # read by boto3 itself
+            continue
+        assert f'"{name}"' in settings_source, f"{name} is not read by taskstream/settings.py"
