@@ -41,6 +41,29 @@ return 1
 """
 
 
+# The same for many keys in one call: KEYS = keys; ARGV = ttl, then revision and value per key.
+_CAS_MANY = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local revision = tonumber(ARGV[2 * i])
+  local current = redis.call('GET', key)
+  local newer = false
+  if current then
+    local sep = string.find(current, ':', 1, true)
+    if sep then
+      local held = tonumber(string.sub(current, 1, sep - 1))
+      newer = held ~= nil and held >= revision
+    end
+  end
+  if not newer then
+    redis.call('SET', key, ARGV[2 * i] .. ':' .. ARGV[2 * i + 1], 'EX', ARGV[1])
+    written = written + 1
+  end
+end
+return written
+"""
+
+
 def cache_key(model: str, entity_id: Any) -> str:
     return f"{PREFIX}{model}:{entity_id}"
 
@@ -57,6 +80,7 @@ class ReadCache:
         self.redis = redis
         self.ttl_seconds = ttl_seconds
         self._cas = redis.register_script(_CAS)
+        self._cas_many = redis.register_script(_CAS_MANY)
         self._dirty: set[str] = set()
         self._dirty_overflow = False
         self._max_dirty = max_dirty
@@ -73,11 +97,14 @@ class ReadCache:
         if not entries:
             return
         try:
-            await self.clean()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, revision, body in entries:
-                    await self._cas(keys=[key], args=[revision, body, self.ttl_seconds], client=pipe)
-                await pipe.execute()
+            if self.dirty:
+                await self.clean()
+            for start in range(0, len(entries), 500):
+                chunk = entries[start : start + 500]
+                args: list[Any] = [self.ttl_seconds]
+                for _, revision, body in chunk:
+                    args += [revision, body]
+                await self._cas_many(keys=[key for key, _, _ in chunk], args=args)
         except (RedisError, OSError) as exc:
             log.warning("cache write-through failed (%d keys marked stale): %r", len(entries), exc)
             self._mark_dirty(key for key, _, _ in entries)

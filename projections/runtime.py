@@ -117,8 +117,10 @@ class Projector:
             f"INSERT INTO {model.name} ({', '.join(cols)}) SELECT {', '.join(cols)}"
             f" FROM jsonb_populate_recordset(NULL::{model.name}, %s::jsonb)"
             f" ON CONFLICT ({model.key}) DO UPDATE SET {updates} WHERE {model.name}.version < EXCLUDED.version"
-            " RETURNING *"
+            f" RETURNING {model.key}::text" + (", task_counts, counts_revision" if model.name == "projects" else "")
         )
+        # Rows as one JSON text each: one parse in Python instead of a conversion per column.
+        self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s)"
 
     # --- the loop's one step ---------------------------------------------------------------
 
@@ -177,9 +179,9 @@ class Projector:
                 await self._lock_partitions(conn, records)
                 parked = await self._parked(conn, list(by_stream))
                 ids = [model.entity_id(s) for s in by_stream if s not in parked]
-                cur = conn.cursor(row_factory=dict_row)
-                await cur.execute(f"SELECT * FROM {model.name} WHERE {model.key} = ANY(%s)", (ids,))
-                current = {str(row[model.key]): row for row in await cur.fetchall()}
+                cur = await conn.execute(self._select, (ids,))
+                loads = json.loads
+                current = {row[model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
                 gapped: dict[str, int] = {}
                 for stream, events in by_stream.items():
@@ -214,19 +216,22 @@ class Projector:
                     new_rows.append(new_row)
                     if model.name == "tasks":
                         moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
-                written: list[Row] = []
+                stored: dict[str, tuple[Any, ...]] = {}
                 if new_rows:
                     payload = json.dumps(
                         [{c: r.get(c) for c in model.columns} for r in new_rows], default=_json_default
                     )
-                    cur = conn.cursor(row_factory=dict_row)
-                    await cur.execute(self._upsert, (payload,))
-                    written = await cur.fetchall()
-                outcome.rows = [(model.name, row) for row in written]
+                    cur = await conn.execute(self._upsert, (payload,))
+                    stored = {r[0]: r for r in await cur.fetchall()}
+                # Only the rows really written: one another writer had moved past is left as it is.
+                for row in new_rows:
+                    returned = stored.get(str(row[model.key]))
+                    if returned is not None:
+                        if model.name == "projects":
+                            row = {**row, "task_counts": returned[1], "counts_revision": returned[2]}
+                        outcome.rows.append((model.name, row))
                 if moves:
-                    # Only moves whose row was really written: a row another writer had already
-                    # moved past is not counted twice.
-                    stored = {str(r["task_id"]) for r in written}
+                    # Only the moves of rows really written are counted: never twice.
                     real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
                     outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
                 if isolate is None:
@@ -250,9 +255,16 @@ class Projector:
     # --- SQL -------------------------------------------------------------------------------
 
     async def _lock_partitions(self, conn: psycopg.AsyncConnection[Any], records: Sequence[Record]) -> None:
+        """One statement; the locks are taken in a fixed order (sorted in the subquery), so two
+        projectors locking overlapping sets never deadlock."""
         keys = sorted({(_lock_key(self.model.name, r.topic), r.partition) for r in records})
-        for key, partition in keys:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (key, partition))
+        if not keys:
+            return
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtext(k), p)) FROM"
+            " (SELECT k, p FROM unnest(%s::text[], %s::int[]) AS u(k, p) ORDER BY k, p) AS ordered",
+            ([k for k, _ in keys], [p for _, p in keys]),
+        )
 
     async def _parked(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> set[str]:
         cur = await conn.execute(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,9 @@ def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> No
                 else:
                     m = event.message
                     await projector.park_undecodable(m.topic, m.partition, m.offset, m.key, decoded)
+            started = time.perf_counter()
             await projector.apply_batch(records)
+            log.debug("%s: %d records in %.1f ms", projector.model.name, len(records), (time.perf_counter() - started) * 1000)
             for event in events:
                 await stream.ack(event)
 
