@@ -1,7 +1,7 @@
 """Consistency tokens: read-your-writes on demand.
 
-Every write answer carries a token naming the streams it wrote and their new versions (and the
-global position of its last event). A read that presents it waits until the read models reflect
+Every write answer carries a token naming the streams it wrote or relied on, with their versions
+(and the global position of its last event). A read that presents it waits until the read models reflect
 at least those versions, then answers from PostgreSQL; one that cannot catch up within the
 configured time answers 503 with Retry-After. The token is opaque to clients: base64url of a
 small JSON document, checked strictly when it comes back.
@@ -25,7 +25,9 @@ _STREAM = re.compile(r"^[a-z][a-z0-9_]*-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 
 
 def encode(results: Iterable[AppendResult]) -> str:
-    streams = {r.stream: r.version for r in results if r.event_ids and not r.stream.startswith(("user_email-", "project_name-"))}
+    # Every stream of the append, the ones only guarded too (a task submission guards its project
+    # and its caller at the versions it relied on): a read waits for all of them.
+    streams = {r.stream: r.version for r in results if r.version > 0 and not r.stream.startswith(("user_email-", "project_name-"))}
     positions = [r.last_position for r in results if r.last_position is not None]
     body = {"s": streams, "p": max(positions, default=0)}
     return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from projections.runtime import Projector, Record
 from schemas.envelope import RecordedEvent
@@ -33,7 +34,7 @@ class StreamConfig:
     group_id: str = "taskstream-projector"
     topic_prefix: str = "events."
     batch_size: int = 500
-    batch_within: float = 0.02  # seconds to wait for a batch to fill
+    batch_within: float = 0.01  # seconds to wait for a batch to fill
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.5
 
@@ -47,9 +48,36 @@ def decode(message: Any) -> Record | Exception:
     return Record(event, message.topic, message.partition, message.offset)
 
 
+class _PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """faust fixes the consumer's ``fetch_max_wait_ms`` at 1500. tansu answers a fetch only when
+    that wait is over, even when records arrive meanwhile (measured: 450 ms per record at 1500 ms,
+    2 ms at 5 ms), so every event would wait there before it could be projected."""
+
+    fetch_max_wait_ms = 5
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by consumer.start()
+        return consumer
+
+
+class _Consumer(aiokafka_driver.Consumer):
+    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
+        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(aiokafka_driver.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
 def build_app(config: StreamConfig, projectors: Mapping[str, Projector]) -> faust.App:
     """The app, with one agent per projector. Start it with ``await app.start()``."""
-    app = faust.App(
+    app = _App(
         config.group_id,
         broker=[f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")],
         store="memory://",
