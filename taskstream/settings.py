@@ -53,6 +53,12 @@ class Settings:
     command_retries: int = 3
     dev_mode: bool = False
 
+    # Telemetry. OpenTelemetry reads its own OTEL_* variables; logging reads LOG_FORMAT and
+    # LOG_LEVEL before any settings exist (see taskstream/telemetry.py).
+    metrics_host: str = "127.0.0.1"  # /metrics of the processes that serve no HTTP (relay, ...)
+    metrics_port: int = 9464  # 0: any free port (tests)
+    disk_paths: tuple[Path, ...] = ()  # data folders whose disk usage is exported
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if env is None else env
@@ -83,6 +89,9 @@ class Settings:
             "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
             "relay_batch_size": ("RELAY_BATCH_SIZE", int),
             "command_retries": ("COMMAND_RETRIES", int),
+            "metrics_host": ("METRICS_HOST", str),
+            "metrics_port": ("METRICS_PORT", int),
+            "disk_paths": ("METRICS_DISK_PATHS", _paths),
         }
         for name, (var, cast) in casts.items():
             raw = env.get(var)
@@ -100,6 +109,11 @@ class Settings:
     def topic_for(self, category: str) -> str:
         """Topic per category: ``events.user``, ``events.project``, ``events.task``."""
         return f"{self.kafka_topic_prefix}{category}"
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    """A list of folders separated like PATH (``:`` on POSIX)."""
+    return tuple(Path(p) for p in raw.split(os.pathsep) if p)
 
 
 def _choice(*allowed: str):  # noqa: ANN202 - a small cast factory
