@@ -1,10 +1,16 @@
 # Two entry points: `make dev` and `make test`. Both create and use .venv in this folder.
+# `make tools` installs the tools that are not Python wheels (CI runs it before `make test`;
+# without them, the tests that need them skip and name the missing tool).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev test bench clean
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+HAVE    = command -v $(1) >/dev/null 2>&1
+
+.PHONY: dev test bench clean tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -18,6 +24,12 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+tools:
+	@$(call HAVE,apt-get) || { echo "make tools: no apt-get here; install the tools named by skipped tests yourself"; exit 1; }
+	$(APT) update -qq
+	# monitoring: prometheus and promtool (Debian prometheus), amtool (Debian prometheus-alertmanager)
+	$(call HAVE,prometheus) && $(call HAVE,promtool) && $(call HAVE,amtool) || $(APT) install -y --no-install-recommends prometheus prometheus-alertmanager
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
