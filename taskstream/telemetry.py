@@ -195,7 +195,8 @@ def _text(value: str | bytes) -> str:
 # ---------------------------------------------------------------------------------------------
 # Logs
 
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# Record attributes that are not extra fields (uvicorn adds a colour copy of its message).
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class _Base(logging.Formatter):

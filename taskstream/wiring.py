@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -56,8 +56,12 @@ async def count_backlog(checkpoints: Checkpoints, name: str, gauge: Gauge, stop:
 
 
 def process_registry(settings: Settings, pool: AsyncConnectionPool | None = None) -> CollectorRegistry:
-    """A process's registry with what every process exports: its pool and the data folders."""
+    """A process's registry with what every process exports: the process itself (CPU,
+    memory, file descriptors, garbage collection), its pool and the data folders."""
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     if pool is not None:
         register_pool_metrics(registry, pool)
     if settings.disk_paths:
