@@ -10,7 +10,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 HAVE    = command -v $(1) >/dev/null 2>&1
 
-.PHONY: dev test bench clean tools
+.PHONY: dev test bench clean tools dashboards
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -30,6 +30,9 @@ tools:
 	$(APT) update -qq
 	# monitoring: prometheus and promtool (Debian prometheus), amtool (Debian prometheus-alertmanager)
 	$(call HAVE,prometheus) && $(call HAVE,promtool) && $(call HAVE,amtool) || $(APT) install -y --no-install-recommends prometheus prometheus-alertmanager
+
+dashboards: $(STAMP)
+	$(PY) monitoring/dashboards.py
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
