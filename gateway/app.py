@@ -22,7 +22,7 @@ from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.routes import ENDPOINTS, Deps, Endpoint
-from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, trace_ids, tracer
+from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
 
 log = logging.getLogger("taskstream.gateway")
 
@@ -65,10 +65,10 @@ class RequestContext:
             await send(message)
 
         with self.tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
-            trace_id, _ = trace_ids()
+            ctx = span.get_span_context()
             scope.setdefault("state", {})
             scope["state"]["request_id"] = request_id
-            scope["state"]["trace_id"] = trace_id or request_id
+            scope["state"]["trace_id"] = format(ctx.trace_id, "032x") if ctx.is_valid else request_id
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
