@@ -137,14 +137,15 @@ def context_from(traceparent: str | bytes | None, tracestate: str | bytes | None
 def start_span_from(
     name: str,
     traceparent: str | bytes | None,
-    *,
     tracestate: str | bytes | None = None,
+    *,
     kind: SpanKind = SpanKind.CONSUMER,
     attributes: Mapping[str, Any] | None = None,
     tracer_name: str = "taskstream",
 ) -> Iterator[Span]:
     """A current span continuing the trace of ``traceparent`` (a new trace when there is none):
-    what a relay, projector or worker opens around the handling of one event."""
+    what a projector or worker opens around the handling of one event, e.g.
+    ``with start_span_from("apply users", *traceparent_from_headers(record.headers)):``."""
     parent = context_from(traceparent, tracestate)
     with tracer(tracer_name).start_as_current_span(name, context=parent, kind=kind, attributes=attributes) as span:
         yield span

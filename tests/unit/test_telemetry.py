@@ -72,10 +72,14 @@ def test_traceparent_from_kafka_headers() -> None:
     assert traceparent_from_headers(None) == (None, None)
 
 
-def test_start_span_from_continues_the_trace() -> None:
+def test_start_span_from_continues_the_trace_of_kafka_headers() -> None:
     # start_span_from uses the global tracer; with none installed it still carries the context.
-    with telemetry.start_span_from("apply", PARENT) as span:
+    headers = [("ce_id", b"x"), ("traceparent", PARENT.encode()), ("tracestate", b"k=v")]
+    with telemetry.start_span_from("apply", *traceparent_from_headers(headers)) as span:
         assert format(span.get_span_context().trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+        assert current_traceparent()["tracestate"] == "k=v"
+    with telemetry.start_span_from("apply", *traceparent_from_headers([])) as span:
+        assert format(span.get_span_context().trace_id, "032x") != "0af7651916cd43dd8448eb211c80319c"
 
 
 def record(msg: str = "hello %s", args: tuple[object, ...] = ("world",), **extra: object) -> logging.LogRecord:
