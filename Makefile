@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT     := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
-HAVE    = command -v $(1) >/dev/null 2>&1
+HAVE     = command -v $(1) >/dev/null 2>&1
+# $(call apt_install,PACKAGES): install Debian packages, or say what to install where apt-get is missing.
+apt_install = { $(call HAVE,apt-get) || { echo "make tools: no apt-get here; install $(1) yourself" >&2; exit 1; }; $(APT) update -qq && $(APT) install -y --no-install-recommends $(1); }
 
 .PHONY: dev test bench clean tools dashboards
 
@@ -25,11 +27,9 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-tools:
-	@$(call HAVE,apt-get) || { echo "make tools: no apt-get here; install the tools named by skipped tests yourself"; exit 1; }
-	$(APT) update -qq
+tools:  # one line per group of tools: installed only when one of them is missing
 	# monitoring: prometheus and promtool (Debian prometheus), amtool (Debian prometheus-alertmanager)
-	$(call HAVE,prometheus) && $(call HAVE,promtool) && $(call HAVE,amtool) || $(APT) install -y --no-install-recommends prometheus prometheus-alertmanager
+	$(call HAVE,prometheus) && $(call HAVE,promtool) && $(call HAVE,amtool) || $(call apt_install,prometheus prometheus-alertmanager)
 
 dashboards: $(STAMP)
 	$(PY) monitoring/dashboards.py
