@@ -27,7 +27,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from event_store.checkpoints import Checkpoints
 from event_store.postgres import PostgresEventStore
 from schemas.envelope import CATEGORIES, RecordedEvent
-from taskstream.telemetry import context_from, kafka_trace_headers, tracer
+from taskstream.telemetry import context_from, is_sampled, kafka_trace_headers, tracer
 
 log = logging.getLogger("taskstream.relay")
 _tracer = tracer("taskstream.relay")
@@ -154,8 +154,8 @@ class Relay:
                 self.position = batch[-1].global_position
 
     async def publish(self, batch: Sequence[RecordedEvent]) -> None:
-        """Send a batch and wait until the broker acknowledged every record. An event that
-        carries a ``traceparent`` gets a ``publish`` span in its trace, from send to ack, and
+        """Send a batch and wait until the broker acknowledged every record. An event whose
+        ``traceparent`` is sampled gets a ``publish`` span in its trace, from send to ack, and
         the record's trace headers name that span (consumers continue from it)."""
         topics = {topic_for(self._config.topic_prefix, e.category) for e in batch}
         await self._topics(topics - self._known_topics)
@@ -189,7 +189,12 @@ class Relay:
             self._observe(batch, time.time())
 
     def _publish_span(self, event: RecordedEvent, topic: str) -> Span | None:
-        parent = context_from(event.metadata.get("traceparent"), event.metadata.get("tracestate"))
+        """The publish span of a sampled trace; None for an unsampled one (its context is
+        forwarded as stored: a span nobody records costs more than the send it describes)."""
+        traceparent = event.metadata.get("traceparent")
+        if not is_sampled(traceparent):
+            return None
+        parent = context_from(traceparent, event.metadata.get("tracestate"))
         if parent is None:
             return None
         return _tracer.start_span(

@@ -151,6 +151,18 @@ def start_span_from(
         yield span
 
 
+def is_sampled(traceparent: str | bytes | None) -> bool:
+    """Whether a W3C ``traceparent`` (version 00) asks for its trace to be recorded. A consumer
+    skips its span for an unsampled one (and forwards the context as it came): no span would
+    be exported, and making one costs more than the work it would describe."""
+    if not traceparent or len(traceparent) != 55:
+        return False
+    try:
+        return bool(int(_text(traceparent)[53:55], 16) & 1)
+    except ValueError:
+        return False
+
+
 def current_traceparent(span: Span | None = None) -> dict[str, str]:
     """``traceparent`` (and ``tracestate``) of ``span`` or of the current span; empty if none."""
     carrier: dict[str, str] = {}

@@ -118,3 +118,28 @@ async def test_one_trace_from_request_to_publish(
     assert ids(record["traceparent"].decode()) == (trace_id, publish.context.span_id)
     # Every span of this write is in the one trace.
     assert {s.name for s in spans.spans(trace_id)} >= {"POST /v1/users", "command", "append", f"publish {config.topic_prefix}user"}
+
+
+async def test_an_unsampled_trace_is_forwarded_without_spans(
+    client: httpx.AsyncClient, store: PostgresEventStore, tansu_bootstrap: str, spans: Recorded
+) -> None:
+    """A caller that samples nothing: no span is recorded anywhere, and the context still
+    travels (the relay forwards the stored one), so logs keep correlating by trace id."""
+    unique = uuid.uuid4().hex[:12]
+    config = RelayConfig(topic_prefix=f"trace{unique}.", checkpoint_name=f"relay-{unique}", poll_interval=0.2)
+    await Checkpoints(store.pool).set(config.checkpoint_name, await store.head_position())
+    await ensure_topics(tansu_bootstrap, [f"{config.topic_prefix}{c}" for c in CATEGORIES])
+    unsampled = f"00-{uuid.uuid4().hex}-00f067aa0ba902b7-00"
+    response = await client.post(
+        "/v1/users", json={"email": f"u{unique}@example.org", "display_name": "U", "password": "correct horse battery"},
+        headers={"traceparent": unsampled},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    stream, position = response.json()["stream"], response.json()["global_position"]
+    (event,) = await store.read_stream(stream)
+    stored = event.metadata["traceparent"]
+    assert stored.split("-")[1] == unsampled.split("-")[1] and stored.endswith("-00")
+    await relay_until(store, tansu_bootstrap, config, position)
+    record = await headers_of(tansu_bootstrap, f"{config.topic_prefix}user", stream.encode())
+    assert record["traceparent"].decode() == stored
+    assert spans.spans(int(unsampled.split("-")[1], 16)) == []

@@ -66,6 +66,14 @@ def test_context_from_traceparent_and_back() -> None:
     assert with_trace_context(Metadata(traceparent=PARENT)) == Metadata(traceparent=PARENT)
 
 
+def test_is_sampled() -> None:
+    assert telemetry.is_sampled(PARENT) and telemetry.is_sampled(PARENT.encode())
+    assert not telemetry.is_sampled(PARENT[:-2] + "00")
+    assert telemetry.is_sampled(PARENT[:-2] + "03")  # sampled + random trace id
+    assert not telemetry.is_sampled(None) and not telemetry.is_sampled("") and not telemetry.is_sampled(PARENT[:-2] + "zz")
+    assert not telemetry.is_sampled(PARENT + "-extra")
+
+
 def test_traceparent_from_kafka_headers() -> None:
     headers = [("ce_id", b"x"), ("traceparent", PARENT.encode()), ("tracestate", b"k=v")]
     assert traceparent_from_headers(headers) == (PARENT, "k=v")
