@@ -86,7 +86,10 @@ def method_label(method: str) -> str:
 
 def configure_tracing(service: str, env: Mapping[str, str] | None = None) -> Any | None:
     """Install the global tracer provider from the ``OTEL_*`` variables; returns it (call its
-    ``shutdown()`` at exit to flush) or None when ``OTEL_SDK_DISABLED=true``."""
+    ``shutdown()`` at exit to flush) or None when ``OTEL_SDK_DISABLED=true``. ``env`` holds the
+    variables read here (exporters, protocol, service name); the SDK itself reads the others
+    (sampler, OTLP endpoint and headers, resource attributes) from the process environment.
+    Refuses what it cannot honour rather than silently exporting nothing."""
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
