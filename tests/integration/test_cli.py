@@ -183,3 +183,8 @@ async def test_relay_logs_json_lines_and_serves_metrics(database_url: str, tansu
     assert lines and all(line["service"] == "taskstream-relay" and line["level"] and line["time"] for line in lines)
     assert any(line["message"] == f"relay metrics at http://127.0.0.1:{port}/metrics" for line in lines)
     assert not embedded.accepts(port)  # the metrics server stopped with the process
+
+
+async def test_an_unknown_log_format_is_a_configuration_error() -> None:
+    done = await asyncio.to_thread(taskstream, "token", "--user", "u", "--role", "admin", env={"LOG_FORMAT": "xml", "JWT_SECRET": "x" * 40})
+    assert done.returncode == 2 and "LOG_FORMAT='xml'" in done.stderr and "json or text" in done.stderr
