@@ -1,4 +1,6 @@
 # Two entry points: `make dev` and `make test`. Both create and use .venv in this folder.
+# `make tools` installs the tools that are not Python wheels (CI runs it before `make test`;
+# without them, the tests that need them skip and name the missing tool).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := $(CURDIR)/.tools
 ACTIONLINT_VERSION := v1.7.12
 
-.PHONY: dev test bench clean tools k8s k8s-check helm-sync lint
+.PHONY: dev test bench clean tools dashboards k8s k8s-check helm-sync lint
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -22,11 +24,15 @@ dev: $(STAMP)
 test: $(STAMP)
 	PATH="$(TOOLS)/go/bin:$$PATH" $(PY) -m pytest $(PYTEST_ARGS)
 
+dashboards: $(STAMP)
+	$(PY) monitoring/dashboards.py
+
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 # Tools the tests use when present (each test that needs a missing one skips and names it):
-# nginx and openssl from Debian packages, actionlint built from the Go module proxy.
+# nginx, openssl, prometheus + promtool and amtool from Debian packages, actionlint built from
+# the Go module proxy.
 # Installs what this machine can; says what it could not.
 tools:
 	@if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi; \
@@ -34,7 +40,7 @@ tools:
 	  missing=""; \
 	  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	  command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
-	  command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  { command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || missing="$$missing prometheus"; \
 	  command -v amtool >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
 	  if [ -n "$$missing" ]; then \
 	    $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \

@@ -23,8 +23,10 @@ from event_store.protocol import EventStore, StreamAppend
 from schemas.base import DomainEvent
 from schemas.catalog import registry
 from schemas.envelope import NO_STREAM, AppendResult, ExpectedVersion, Metadata, entity_id_of
+from taskstream.telemetry import tracer, with_trace_context
 
 S = TypeVar("S")
+_tracer = tracer("taskstream.commands")
 
 
 class VersionConflict(Conflict):
@@ -133,11 +135,14 @@ Plan = Callable[[int], Awaitable[list[StreamAppend]]]  # called with the attempt
 
 async def execute(store: EventStore, plan: Plan, ctx: WriteContext, *, retries: int = 3) -> Written:
     """Run ``plan`` and append. A reused idempotency key becomes a domain error here; the
-    store being unavailable is left to the edge (503), wherever in a use case it happens."""
-    try:
-        return await _execute(store, plan, ctx, retries)
-    except IdempotencyKeyReused:
-        raise IdempotencyKeyMismatch from None
+    store being unavailable is left to the edge (503), wherever in a use case it happens.
+    Traced as a ``command`` span, each append as a child ``append`` span whose context the
+    events carry in their metadata (``traceparent``): the relay and consumers continue it."""
+    with _tracer.start_as_current_span("command"):
+        try:
+            return await _execute(store, plan, ctx, retries)
+        except IdempotencyKeyReused:
+            raise IdempotencyKeyMismatch from None
 
 
 async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: int) -> Written:
@@ -152,9 +157,10 @@ async def _execute(store: EventStore, plan: Plan, ctx: WriteContext, retries: in
         if ctx.if_match is not None and _version(primary.expected_version) != ctx.if_match:
             raise VersionConflict(primary.stream, ctx.if_match, _version(primary.expected_version))
         try:
-            results = await store.append_streams(
-                parts, ctx.metadata, idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint
-            )
+            with _tracer.start_as_current_span("append", attributes={"taskstream.category": primary.stream.partition("-")[0]}):
+                results = await store.append_streams(
+                    parts, with_trace_context(ctx.metadata), idempotency_key=ctx.idempotency_key, fingerprint=ctx.fingerprint
+                )
         except WrongExpectedVersion as exc:
             # If-Match pins the primary stream only: a race on a secondary (a name claim) is retried.
             pinned = ctx.if_match is not None and exc.stream == primary.stream

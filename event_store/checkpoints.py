@@ -45,3 +45,18 @@ class Checkpoints:
                 )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot reset checkpoint {name!r}: {type(exc).__name__}") from exc
+
+    async def events_past(self, name: str) -> int:
+        """How many events the table holds past the checkpoint ``name`` (an exact count over
+        the primary key's index, not a difference of positions: positions have gaps)."""
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM events WHERE global_position >"
+                    " COALESCE((SELECT position FROM checkpoints WHERE name = %s), 0)",
+                    (name,),
+                )
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot count events past checkpoint {name!r}: {type(exc).__name__}") from exc
+        return int(row[0]) if row else 0

@@ -22,11 +22,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from opentelemetry.trace import Span, SpanKind, StatusCode
+
 from event_store.checkpoints import Checkpoints
 from event_store.postgres import PostgresEventStore
 from schemas.envelope import CATEGORIES, RecordedEvent
+from taskstream.telemetry import context_from, is_sampled, kafka_trace_headers, tracer
 
 log = logging.getLogger("taskstream.relay")
+_tracer = tracer("taskstream.relay")
 
 CE_SPECVERSION = b"1.0"
 
@@ -64,8 +68,9 @@ def redacted(event: RecordedEvent, redact: Redactor | None) -> RecordedEvent:
     return event if data is event.data else replace(event, data=data)
 
 
-def cloudevent_headers(event: RecordedEvent, source: str) -> list[tuple[str, bytes]]:
-    """CloudEvents 1.0 Kafka binding, binary mode: attributes as ``ce_`` headers."""
+def cloudevent_headers(event: RecordedEvent, source: str, trace: list[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+    """CloudEvents 1.0 Kafka binding, binary mode: attributes as ``ce_`` headers; plus the
+    trace context: ``trace`` (the publish span's) or else the one stored with the event."""
     headers = [
         ("ce_specversion", CE_SPECVERSION),
         ("ce_id", str(event.id).encode()),
@@ -77,6 +82,9 @@ def cloudevent_headers(event: RecordedEvent, source: str) -> list[tuple[str, byt
         ("ce_sequence", str(event.global_position).encode()),
         ("content-type", b"application/json"),
     ]
+    if trace:
+        headers.extend(trace)
+        return headers
     for key in ("traceparent", "tracestate"):
         value = event.metadata.get(key)
         if value:
@@ -146,22 +154,61 @@ class Relay:
                 self.position = batch[-1].global_position
 
     async def publish(self, batch: Sequence[RecordedEvent]) -> None:
-        """Send a batch and wait until the broker acknowledged every record."""
+        """Send a batch and wait until the broker acknowledged every record. An event whose
+        ``traceparent`` is sampled gets a ``publish`` span in its trace, from send to ack, and
+        the record's trace headers name that span (consumers continue from it)."""
         topics = {topic_for(self._config.topic_prefix, e.category) for e in batch}
         await self._topics(topics - self._known_topics)
-        acks = [
-            await self._producer.send(
-                topic_for(self._config.topic_prefix, event.category),
-                value=encode_value(redacted(event, self._redact)),
-                key=event.stream.encode(),
-                timestamp_ms=int(event.recorded_at.timestamp() * 1000),
-                headers=cloudevent_headers(event, self._config.source),
-            )
-            for event in batch
-        ]
-        await asyncio.gather(*acks)
+        spans: list[Span] = []
+        try:
+            acks = []
+            for event in batch:
+                topic = topic_for(self._config.topic_prefix, event.category)
+                span = self._publish_span(event, topic)
+                if span is not None:
+                    spans.append(span)
+                acks.append(
+                    await self._producer.send(
+                        topic,
+                        value=encode_value(redacted(event, self._redact)),
+                        key=event.stream.encode(),
+                        timestamp_ms=int(event.recorded_at.timestamp() * 1000),
+                        headers=cloudevent_headers(event, self._config.source, kafka_trace_headers(span) if span else None),
+                    )
+                )
+            await asyncio.gather(*acks)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+        finally:
+            for span in spans:
+                span.end()
         if self._observe is not None:
             self._observe(batch, time.time())
+
+    def _publish_span(self, event: RecordedEvent, topic: str) -> Span | None:
+        """The publish span of a sampled trace; None for an unsampled one (its context is
+        forwarded as stored: a span nobody records costs more than the send it describes)."""
+        traceparent = event.metadata.get("traceparent")
+        if not is_sampled(traceparent):
+            return None
+        parent = context_from(traceparent, event.metadata.get("tracestate"))
+        if parent is None:
+            return None
+        return _tracer.start_span(
+            f"publish {topic}",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+                "messaging.message.id": str(event.id),
+                "taskstream.global_position": event.global_position,
+            },
+        )
 
     async def _topics(self, topics: Iterable[str]) -> set[str]:
         """Make sure the topics exist; return those that had to be created."""

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from event_store.errors import StoreUnavailable
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.reads import READ_ENDPOINTS
 from gateway.routes import ENDPOINTS, Deps, Endpoint
+from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
 
 log = logging.getLogger("taskstream.gateway")
 
@@ -29,15 +31,20 @@ ReadinessCheck = Callable[[], Awaitable[None]]  # raises when the dependency is 
 
 
 class RequestContext:
-    """X-Request-ID (from nginx, or new) on request.state and on the answer; request metrics."""
+    """X-Request-ID (from nginx, or new) on request.state and on the answer; the request's
+    server span (continuing a caller's ``traceparent``); request metrics by route template."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
         self.app = app
-        self.requests = Counter("taskstream_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
-        self.latency = Histogram(
-            "taskstream_http_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        self.requests = Counter(
+            "taskstream_http_requests_total", "HTTP requests answered, by route template and status class",
+            ["method", "route", "status_class"], registry=registry,
         )  # fmt: skip
+        self.latency = Histogram(
+            "taskstream_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
+            ["method", "route"], registry=registry, buckets=HTTP_LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.tracer = tracer("taskstream.gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,8 +52,8 @@ class RequestContext:
             return
         headers = dict(scope.get("headers") or ())
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
-        scope.setdefault("state", {})
-        scope["state"]["request_id"] = scope["state"]["trace_id"] = request_id
+        method = method_label(scope["method"])
+        parent = context_from(headers.get(b"traceparent"), headers.get(b"tracestate"))
         status = 500
         started = time.perf_counter()
 
@@ -58,13 +65,23 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            method, matched = scope["method"], scope.get("route")  # set by the router when a route matched
-            route = getattr(matched, "path", "unmatched")
-            self.requests.labels(method, route, str(status)).inc()
-            self.latency.labels(method, route).observe(time.perf_counter() - started)
+        with self.tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
+            ctx = span.get_span_context()
+            scope.setdefault("state", {})
+            scope["state"]["request_id"] = request_id
+            scope["state"]["trace_id"] = format(ctx.trace_id, "032x") if ctx.is_valid else request_id
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                matched = scope.get("route")  # set by the router when a route matched
+                route = getattr(matched, "path", "unmatched")
+                self.requests.labels(method, route, status_class(status)).inc()
+                self.latency.labels(method, route).observe(time.perf_counter() - started)
+                if span.is_recording():
+                    span.update_name(f"{method} {route}")
+                    span.set_attributes({"http.request.method": method, "http.route": route, "http.response.status_code": status})
+                    if status >= 500:
+                        span.set_status(StatusCode.ERROR)
 
 
 def _route(endpoint: Endpoint, deps: Deps) -> Route:

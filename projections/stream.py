@@ -22,8 +22,11 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
+from opentelemetry.trace import SpanKind
+
 from projections.runtime import Projector, Record
 from schemas.envelope import RecordedEvent
+from taskstream.telemetry import context_from, is_sampled, traceparent_from_headers, tracer
 
 log = logging.getLogger("taskstream.projections")
 
@@ -40,12 +43,45 @@ class StreamConfig:
 
 
 def decode(message: Any) -> Record | Exception:
-    """A faust message as a Record, or why it is not an event."""
+    """A log record (faust's or aiokafka's) as a Record, or why it is not an event."""
     try:
         event = RecordedEvent.from_json(json.loads(message.value))
     except Exception as exc:  # noqa: BLE001 - the caller parks it, never drops it
         return exc
     return Record(event, message.topic, message.partition, message.offset)
+
+
+def _headers(message: Any) -> list[tuple[str, Any]]:
+    headers = getattr(message, "headers", None) or ()
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
+
+async def project_batch(projector: Projector, messages: list[Any]) -> None:
+    """One step of an agent: decode, park what is not an event, apply, then record an apply span
+    in the trace of every sampled record (the relay's publish span is the parent, from the
+    record's ``traceparent`` header), so one trace runs from the request to the read model."""
+    records = []
+    for message in messages:
+        decoded = decode(message)
+        if isinstance(decoded, Record) and projector.model.owns(decoded.event.stream):
+            records.append(decoded)
+        else:
+            await projector.park_undecodable(message.topic, message.partition, message.offset, message.key, decoded)
+    started_ns = time.time_ns()
+    started = time.perf_counter()
+    await projector.apply_batch(records)
+    log.debug("%s: %d records in %.1f ms", projector.model.name, len(records), (time.perf_counter() - started) * 1000)
+    ended_ns = time.time_ns()
+    name = f"project {projector.model.name}"
+    for message in messages:
+        traceparent, tracestate = traceparent_from_headers(_headers(message))
+        if is_sampled(traceparent):
+            span = tracer("taskstream.projections").start_span(
+                name, context=context_from(traceparent, tracestate), kind=SpanKind.CONSUMER, start_time=started_ns,
+                attributes={"messaging.destination.name": message.topic, "messaging.kafka.offset": message.offset,
+                            "taskstream.batch_size": len(messages)},
+            )  # fmt: skip
+            span.end(end_time=ended_ns)
 
 
 class _PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -101,17 +137,7 @@ def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> No
 
     async def project(stream: Any) -> None:
         async for events in stream.noack_take(config.batch_size, within=config.batch_within):
-            records = []
-            for event in events:
-                decoded = decode(event.message)
-                if isinstance(decoded, Record) and projector.model.owns(decoded.event.stream):
-                    records.append(decoded)
-                else:
-                    m = event.message
-                    await projector.park_undecodable(m.topic, m.partition, m.offset, m.key, decoded)
-            started = time.perf_counter()
-            await projector.apply_batch(records)
-            log.debug("%s: %d records in %.1f ms", projector.model.name, len(records), (time.perf_counter() - started) * 1000)
+            await project_batch(projector, [event.message for event in events])
             for event in events:
                 await stream.ack(event)
 

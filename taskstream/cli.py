@@ -7,14 +7,15 @@ import asyncio
 import contextlib
 import gc
 import json
-import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings, SettingsError
+from taskstream.telemetry import TelemetryError, configure_tracing, logging_from_env
 
 
 def _settings() -> Settings:
@@ -44,13 +45,38 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+# The service name in logs and traces (OTEL_SERVICE_NAME overrides it in traces).
+SERVICES = {"serve": "taskstream-gateway", "relay": "taskstream-relay", "project": "taskstream-projector", "work": "taskstream-worker"}
 
+
+def service_name(command: str) -> str:
+    return SERVICES.get(command, f"taskstream-{command}")
+
+
+@contextlib.contextmanager
+def _traced(command: str) -> Iterator[None]:
+    """The process's tracer provider from the OTEL_* variables, flushed at exit."""
+    provider = configure_tracing(service_name(command))
+    try:
+        yield
+    finally:
+        if provider is not None:
+            provider.shutdown()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from taskstream.wiring import build_gateway
 
     settings = _settings()
-    app = build_gateway(settings)
+    with _traced("serve"):
+        app = build_gateway(settings)
+        _serve(app, args, settings)
+    return 0
+
+
+def _serve(app: object, args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
     # The objects made at start-up live as long as the process: keep them out of the cyclic
     # collector's work, and collect young objects less often (fewer pauses in the tail latency).
     gc.collect()
@@ -62,10 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port or settings.http_port,
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        log_config=None,  # uvicorn logs through the root handler: the one format (telemetry)
         log_level="info",
         access_log=False,
     )
-    return 0
 
 
 def cmd_relay(_args: argparse.Namespace) -> int:
@@ -74,9 +100,11 @@ def cmd_relay(_args: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         _install_stop(stop)
-        await run_relay(_settings(), stop)
+        await run_relay(settings, stop)
 
-    asyncio.run(main())
+    settings = _settings()
+    with _traced("relay"):
+        asyncio.run(main())
     return 0
 
 
@@ -89,7 +117,8 @@ def cmd_project(args: argparse.Namespace) -> int:
         _install_stop(stop)
         await run_projector(_settings(), stop, names=args.only or None)
 
-    asyncio.run(main())
+    with _traced("project"):
+        asyncio.run(main())
     return 0
 
 
@@ -229,16 +258,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("alembic", "aiokafka", "kafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     p = parser()
     args = p.parse_args(argv)
     if args.command == "projection" and args.action == "retry" and not (args.stream and args.projection):
         p.error("projection retry needs a STREAM and --projection")
     try:
+        logging_from_env(service_name(args.command))
+    except TelemetryError as exc:
+        print(f"taskstream {args.command}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
         return int(args.func(args))
-    except SettingsError as exc:
+    except (SettingsError, TelemetryError) as exc:
         print(f"taskstream {args.command}: configuration error: {exc}", file=sys.stderr)
         return 2
 

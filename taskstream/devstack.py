@@ -28,6 +28,8 @@ class DevPorts:
     postgres: int = 55432
     redis: int = 56379
     kafka: int = 59092
+    relay_metrics: int = 9464  # /metrics of the relay (the gateway serves its own on http)
+    projector_metrics: int = 9465  # /metrics of the projector
 
     @classmethod
     def from_env(cls) -> DevPorts:
@@ -40,6 +42,8 @@ class DevPorts:
             postgres=port("TASKSTREAM_PG_PORT", default.postgres),
             redis=port("TASKSTREAM_REDIS_PORT", default.redis),
             kafka=port("TASKSTREAM_KAFKA_PORT", default.kafka),
+            relay_metrics=port("TASKSTREAM_RELAY_METRICS_PORT", default.relay_metrics),
+            projector_metrics=port("TASKSTREAM_PROJECTOR_METRICS_PORT", default.projector_metrics),
         )
 
 
@@ -75,6 +79,8 @@ def run(home: Path, ports: DevPorts) -> int:
             ("PostgreSQL", ports.postgres, "TASKSTREAM_PG_PORT"),
             ("Valkey", ports.redis, "TASKSTREAM_REDIS_PORT"),
             ("tansu", ports.kafka, "TASKSTREAM_KAFKA_PORT"),
+            ("the relay's metrics", ports.relay_metrics, "TASKSTREAM_RELAY_METRICS_PORT"),
+            ("the projector's metrics", ports.projector_metrics, "TASKSTREAM_PROJECTOR_METRICS_PORT"),
         ):
             embedded.ensure_port_free(name, port, var)
     except embedded.PortInUse as exc:
@@ -106,13 +112,21 @@ def run(home: Path, ports: DevPorts) -> int:
             "HTTP_PORT": str(ports.http),
             "JWT_SECRET": secret,
             "TASKSTREAM_DEV_MODE": "1",
+            # Logs for a person (same fields as the JSON lines), disk usage of the dev data.
+            "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
+            "METRICS_DISK_PATHS": str(home),
             "PROJECTOR_SESSION_TIMEOUT": "3",  # tansu's group join takes half the session timeout
         }
         cli = [sys.executable, "-m", "taskstream.cli"]
-        for name, argv in (("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"]), ("projector", [*cli, "project"])):
-            proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
+        children = (
+            ("gateway", [*cli, "serve"], {}),
+            ("relay", [*cli, "relay"], {"METRICS_PORT": str(ports.relay_metrics)}),
+            ("projector", [*cli, "project"], {"METRICS_PORT": str(ports.projector_metrics)}),
+        )
+        for name, argv, own in children:
+            proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env={**env, **own})
             started.append(embedded.ServerProcess(name, "", 0, proc, home / "logs" / f"{name}.log"))
-        gateway = started[-3]
+        gateway = next(s for s in started if s.name == "gateway")
         embedded.wait_until(lambda: embedded.accepts(ports.http), gateway, timeout=60)
 
         from gateway.auth import build_auth
@@ -124,6 +138,8 @@ def run(home: Path, ports: DevPorts) -> int:
         print(
             f"\ntaskstream is running at http://127.0.0.1:{ports.http}\n"
             f"  PostgreSQL {pg.url}\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
+            f"  metrics    http://127.0.0.1:{ports.http}/metrics (gateway), http://127.0.0.1:{ports.relay_metrics}/metrics (relay),"
+            f" http://127.0.0.1:{ports.projector_metrics}/metrics (projector)\n"
             f"  logs       {home / 'logs'}\n\n"
             f"admin token (7 days):\n{token}\n\n"
             f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{ports.http}/readyz\n"

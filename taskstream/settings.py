@@ -53,21 +53,18 @@ class Settings:
 
     projector_group_id: str = "taskstream-projector"
     projector_batch_size: int = 500
-    projector_metrics_port: int = 0  # 0: no /metrics server
-    projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
-    cache_ttl_seconds: int = 3600  # Redis entries of the read cache
-    near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
-    read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
-
-    projector_group_id: str = "taskstream-projector"
-    projector_batch_size: int = 500
-    projector_metrics_port: int = 0  # 0: no /metrics server
     projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
     command_retries: int = 3
     dev_mode: bool = False
+
+    # Telemetry. OpenTelemetry reads its own OTEL_* variables; logging reads LOG_FORMAT and
+    # LOG_LEVEL before any settings exist (see taskstream/telemetry.py).
+    metrics_host: str = "127.0.0.1"  # /metrics of the processes that serve no HTTP (relay, ...)
+    metrics_port: int = 9464  # 0: any free port (tests)
+    disk_paths: tuple[Path, ...] = ()  # data folders whose disk usage is exported
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -101,19 +98,14 @@ class Settings:
             "relay_checkpoint_name": ("RELAY_CHECKPOINT_NAME", str),
             "projector_group_id": ("PROJECTOR_GROUP_ID", str),
             "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
-            "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
-            "projector_session_timeout": ("PROJECTOR_SESSION_TIMEOUT", float),
-            "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
-            "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
-            "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
-            "projector_group_id": ("PROJECTOR_GROUP_ID", str),
-            "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
-            "projector_metrics_port": ("PROJECTOR_METRICS_PORT", int),
             "projector_session_timeout": ("PROJECTOR_SESSION_TIMEOUT", float),
             "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
             "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
             "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
             "command_retries": ("COMMAND_RETRIES", int),
+            "metrics_host": ("METRICS_HOST", str),
+            "metrics_port": ("METRICS_PORT", int),
+            "disk_paths": ("METRICS_DISK_PATHS", _paths),
         }
         for name, (var, cast) in casts.items():
             raw = env.get(var)
@@ -144,6 +136,11 @@ class Settings:
     def topic_for(self, category: str) -> str:
         """Topic per category: ``events.user``, ``events.project``, ``events.task``."""
         return f"{self.kafka_topic_prefix}{category}"
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    """A list of folders separated like PATH (``:`` on POSIX)."""
+    return tuple(Path(p) for p in raw.split(os.pathsep) if p)
 
 
 def _choice(*allowed: str):  # noqa: ANN202 - a small cast factory

@@ -6,22 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
+from event_store.errors import StoreUnavailable
 from event_store.kafka import ensure_topics, make_producer
 from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
 from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings
+from taskstream.telemetry import register_disk_metrics, register_pool_metrics, serve_metrics
 
 log = logging.getLogger("taskstream")
+
+
+BACKLOG_INTERVAL = 5.0  # seconds between two counts of the relay's backlog
 
 
 def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
@@ -33,16 +39,56 @@ def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
     )
 
 
+def relay_backlog_gauge(registry: CollectorRegistry | None = None) -> Gauge:
+    return Gauge("taskstream_relay_lag_events", "Events in the table past the relay's checkpoint (not yet published)", registry=registry)
+
+
+async def count_backlog(checkpoints: Checkpoints, name: str, gauge: Gauge, stop: asyncio.Event, interval: float = BACKLOG_INTERVAL) -> None:
+    """Keep ``gauge`` at the number of events past checkpoint ``name``, counted in PostgreSQL
+    (not from broker offsets, which tansu reports wrong), until ``stop``."""
+    while not stop.is_set():
+        try:
+            gauge.set(await checkpoints.events_past(name))
+        except StoreUnavailable as exc:
+            log.warning("cannot count the backlog of %s: %s", name, exc)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def process_registry(settings: Settings, pool: AsyncConnectionPool | None = None) -> CollectorRegistry:
+    """A process's registry with what every process exports: the process itself (CPU,
+    memory, file descriptors, garbage collection), its pool and the data folders."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    if pool is not None:
+        register_pool_metrics(registry, pool)
+    if settings.disk_paths:
+        register_disk_metrics(registry, settings.disk_paths)
+    return registry
+
+
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
-    store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=4)
-    producer = make_producer(settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-relay")
-    lag = relay_lag_histogram()
+    async with contextlib.AsyncExitStack() as resources:
+        store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=4)
+        resources.push_async_callback(store.close)
+        registry = process_registry(settings, store.pool)
+        lag = relay_lag_histogram(registry)
+        backlog = relay_backlog_gauge(registry)
+        checkpoints = Checkpoints(store.pool)
+        metrics = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+        resources.callback(metrics.close)
+        log.info("relay metrics at %s", metrics.url)
+        counting = asyncio.create_task(count_backlog(checkpoints, settings.relay_checkpoint_name, backlog, stop))
+        resources.push_async_callback(_cancel, counting)
+        producer = make_producer(settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-relay")
+        resources.push_async_callback(_quietly, producer.stop)
 
-    def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
-        for event in batch:
-            lag.observe(max(0.0, acked_at - event.recorded_at.timestamp()))
+        def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
+            for event in batch:
+                lag.observe(max(0.0, acked_at - event.recorded_at.timestamp()))
 
-    try:
         while not stop.is_set():  # the broker may come up after us
             try:
                 await producer.start()
@@ -55,7 +101,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             return
         relay = Relay(
             store,
-            Checkpoints(store.pool),
+            checkpoints,
             producer,
             RelayConfig(
                 topic_prefix=settings.kafka_topic_prefix,
@@ -69,10 +115,17 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         started = time.monotonic()
         await relay.run(stop)
         log.info("relay stopped at position %d after %.0f s", relay.position, time.monotonic() - started)
-    finally:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-        await store.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _quietly(close: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(Exception):
+        await close()
 
 
 def build_gateway(settings: Settings) -> Starlette:
@@ -90,7 +143,7 @@ def build_gateway(settings: Settings) -> Starlette:
     limiter = None
     if settings.auth_rate_limit_per_minute > 0:
         limiter = RedisRateLimiter(redis_client, limit=settings.auth_rate_limit_per_minute, window_seconds=60)
-    registry = CollectorRegistry()
+    registry = process_registry(settings, pool)
     reads, invalidations = build_reads(settings, pool, redis_client, registry)
     deps = Deps(
         service=Service(store, retries=settings.command_retries),
@@ -184,8 +237,6 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
     import os
     import socket
 
-    from prometheus_client import Gauge, start_http_server
-
     from projections.cache import ReadCache
     from projections.catalog import MODELS
     from projections.lag import LagMeter
@@ -204,13 +255,13 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
         session_timeout=settings.projector_session_timeout,
         heartbeat_interval=min(3.0, settings.projector_session_timeout / 6),
     )
-    registry = CollectorRegistry()
+    registry = process_registry(settings, store.pool)
     lag_events = Gauge("taskstream_projection_lag_events", "Events of the category not yet in the read model",
                        ["projection"], registry=registry)  # fmt: skip
     lag_seconds = Gauge("taskstream_projection_lag_seconds", "Age of the oldest event not yet in the read model",
                         ["projection"], registry=registry)  # fmt: skip
-    if settings.projector_metrics_port:
-        start_http_server(settings.projector_metrics_port, addr="127.0.0.1", registry=registry)
+    metrics = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    log.info("projector metrics at %s", metrics.url)
     meter = LagMeter(store.pool, [MODELS[n] for n in projectors])
     app = None
     try:
@@ -239,5 +290,6 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
     finally:
         if app is not None:
             await app.stop()
+        metrics.close()
         await redis_client.aclose()
         await store.close()

@@ -74,7 +74,7 @@ async def test_readyz_checks_database_and_broker(client: httpx.AsyncClient) -> N
 async def test_metrics_count_requests(client: httpx.AsyncClient) -> None:
     await client.get("/healthz")
     text = (await client.get("/metrics")).text
-    assert 'taskstream_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'taskstream_http_requests_total{method="GET",route="/healthz",status_class="2xx"}' in text
 
 
 async def test_openapi_describes_every_endpoint(client: httpx.AsyncClient) -> None:

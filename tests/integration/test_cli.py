@@ -96,7 +96,7 @@ async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothin
     from taskstream import embedded
 
     home = tmp_path / "home"
-    ports = {name: embedded.free_port() for name in ("HTTP", "PG", "REDIS", "KAFKA")}
+    ports = {name: embedded.free_port() for name in ("HTTP", "PG", "REDIS", "KAFKA", "RELAY_METRICS")}
     env = {**os.environ, **{f"TASKSTREAM_{name}_PORT": str(port) for name, port in ports.items()}}
     base = f"http://127.0.0.1:{ports['HTTP']}"
     credentials = {"email": f"dev-{uuid.uuid4().hex[:8]}@example.org", "password": "password-1"}
@@ -128,6 +128,13 @@ async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothin
     async def register(client: httpx.AsyncClient, token: str) -> None:
         body = {**credentials, "display_name": "Dev"}
         assert (await client.post("/v1/users", json=body, headers={"Authorization": f"Bearer {token}"})).status_code == 201
+        # Every process serves /metrics; the logs are for a person, not JSON.
+        assert "taskstream_http_requests_total" in (await client.get("/metrics")).text
+        relay_metrics = (await client.get(f"http://127.0.0.1:{ports['RELAY_METRICS']}/metrics")).text
+        assert "taskstream_relay_lag_events" in relay_metrics and f'taskstream_disk_usage_ratio{{path="{home.resolve()}"}}' in relay_metrics
+        relay_log = (home / "logs" / "relay.log").read_text().splitlines()
+        assert any("relay publishing from position" in line for line in relay_log)
+        assert not any(line.startswith("{") for line in relay_log)
 
     async def log_in(client: httpx.AsyncClient, _token: str) -> None:
         assert (await client.post("/v1/auth/token", json=credentials)).status_code == 200
@@ -136,3 +143,48 @@ async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothin
     await run_once(log_in)  # the events survived the restart
     for port in ports.values():  # and every server stopped with the supervisor
         assert not embedded.accepts(port)
+
+
+async def test_relay_logs_json_lines_and_serves_metrics(database_url: str, tansu_bootstrap: str, tmp_path: Path) -> None:
+    """`taskstream relay` as deployed: JSON-line logs on stderr, /metrics on METRICS_PORT."""
+    import signal
+
+    import httpx
+
+    from taskstream import embedded
+
+    port = embedded.free_port()
+    env = {
+        **os.environ, "DATABASE_URL": database_url, "KAFKA_BOOTSTRAP_SERVERS": tansu_bootstrap,
+        "KAFKA_TOPIC_PREFIX": f"cli{uuid.uuid4().hex[:8]}.", "METRICS_PORT": str(port),
+        "METRICS_DISK_PATHS": str(tmp_path), "LOG_FORMAT": "json", "OTEL_TRACES_EXPORTER": "none",
+    }  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "taskstream.cli", "relay"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            for _ in range(200):
+                try:
+                    body = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the relay never served /metrics")
+        for name in ("taskstream_relay_lag_events", "taskstream_relay_lag_seconds_bucket", "taskstream_db_pool_connections", "taskstream_disk_usage_ratio", "process_resident_memory_bytes"):
+            assert name in body, name
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert lines and all(line["service"] == "taskstream-relay" and line["level"] and line["time"] for line in lines)
+    assert any(line["message"] == f"relay metrics at http://127.0.0.1:{port}/metrics" for line in lines)
+    assert not embedded.accepts(port)  # the metrics server stopped with the process
+
+
+async def test_an_unknown_log_format_is_a_configuration_error() -> None:
+    done = await asyncio.to_thread(taskstream, "token", "--user", "u", "--role", "admin", env={"LOG_FORMAT": "xml", "JWT_SECRET": "x" * 40})
+    assert done.returncode == 2 and "LOG_FORMAT='xml'" in done.stderr and "json or text" in done.stderr

@@ -1,0 +1,159 @@
+"""One trace from the gateway's request through the command and the append to the relay's
+publish, carried by the event's metadata and then by the Kafka record's headers, to the
+projector's apply of that record (the agent's own step, fed the record as consumed)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from opentelemetry.trace import SpanKind
+
+from event_store.checkpoints import Checkpoints
+from event_store.kafka import ensure_topics, make_producer
+from event_store.postgres import PostgresEventStore
+from event_store.relay import Relay, RelayConfig
+from projections.catalog import MODELS
+from projections.queries import get_row
+from projections.runtime import Projector
+from projections.stream import project_batch
+from schemas.catalog import registry
+from schemas.envelope import CATEGORIES
+from tests.support.tracing import Recorded, recorded_spans
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def ids(traceparent: str) -> tuple[int, int]:
+    """(trace id, parent span id) of a W3C traceparent ``00-<trace>-<span>-<flags>``."""
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert version == "00" and int(flags, 16) & 1  # sampled
+    return int(trace_id, 16), int(span_id, 16)
+
+
+@pytest.fixture
+def spans() -> Iterator[Recorded]:
+    with recorded_spans() as recorded:
+        yield recorded
+
+
+async def relay_until(store: PostgresEventStore, bootstrap: str, config: RelayConfig, position: int) -> None:
+    checkpoints = Checkpoints(store.pool)
+    producer = make_producer(bootstrap)
+    await producer.start()
+    stop = asyncio.Event()
+    relay = Relay(store, checkpoints, producer, config, ensure_topics=lambda t: ensure_topics(bootstrap, t))
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while await checkpoints.get(config.checkpoint_name) < position:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()
+
+
+async def headers_of(bootstrap: str, topic: str, key: bytes) -> dict[str, bytes]:
+    return {k: v for k, v in (await record_of(bootstrap, topic, key)).headers}
+
+
+async def record_of(bootstrap: str, topic: str, key: bytes):  # noqa: ANN201 - an aiokafka ConsumerRecord
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0, 1, 2, 3})]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        async with asyncio.timeout(30):
+            while True:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    for message in messages:
+                        if message.key == key:
+                            return message
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("caller_sends_traceparent", [True, False], ids=["continues-caller", "new-trace"])
+async def test_one_trace_from_request_to_publish(
+    client: httpx.AsyncClient, store: PostgresEventStore, tansu_bootstrap: str, spans: Recorded, caller_sends_traceparent: bool
+) -> None:
+    unique = uuid.uuid4().hex[:12]
+    config = RelayConfig(topic_prefix=f"trace{unique}.", checkpoint_name=f"relay-{unique}", poll_interval=0.2)
+    await Checkpoints(store.pool).set(config.checkpoint_name, await store.head_position())
+    await ensure_topics(tansu_bootstrap, [f"{config.topic_prefix}{c}" for c in CATEGORIES])
+    headers = {"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"} if caller_sends_traceparent else {}
+
+    response = await client.post(
+        "/v1/users", json={"email": f"t{unique}@example.org", "display_name": "Tracy", "password": "correct horse battery"}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    stream, position = response.json()["stream"], response.json()["global_position"]
+
+    (request,) = [s for s in spans.named("POST /v1/users") if s.kind is SpanKind.SERVER]
+    trace_id = request.context.trace_id
+    if caller_sends_traceparent:
+        assert format(trace_id, "032x") == CALLER_TRACE and request.parent is not None
+        assert request.parent.span_id == 0x00F067AA0BA902B7
+    else:
+        assert request.parent is None  # the gateway began the trace
+    assert dict(request.attributes or {})["http.route"] == "/v1/users"
+    (command,) = spans.named("command")
+    (append,) = spans.named("append")
+    assert command.parent is not None and command.parent.span_id == request.context.span_id
+    assert append.parent is not None and append.parent.span_id == command.context.span_id
+    assert {s.context.trace_id for s in (command, append)} == {trace_id}
+
+    # The stored event carries the append span's context ...
+    (event,) = await store.read_stream(stream)
+    assert ids(event.metadata["traceparent"]) == (trace_id, append.context.span_id)
+
+    # ... the relay's publish span continues it, and the record names the publish span.
+    await relay_until(store, tansu_bootstrap, config, position)
+    publishes = [s for s in spans.named(f"publish {config.topic_prefix}user") if s.context.trace_id == trace_id]
+    assert len(publishes) == 1
+    (publish,) = publishes
+    assert publish.kind is SpanKind.PRODUCER
+    assert publish.parent is not None and publish.parent.span_id == append.context.span_id
+    record = await headers_of(tansu_bootstrap, f"{config.topic_prefix}user", stream.encode())
+    assert ids(record["traceparent"].decode()) == (trace_id, publish.context.span_id)
+    # The projector's step over that record continues from the publish span.
+    message = await record_of(tansu_bootstrap, f"{config.topic_prefix}user", stream.encode())
+    users = Projector(MODELS["users"], store.pool, store.read_streams, registry(), consumer="trace-test")
+    await project_batch(users, [message])
+    (applied,) = [s for s in spans.named("project users") if s.context.trace_id == trace_id]
+    assert applied.kind is SpanKind.CONSUMER
+    assert applied.parent is not None and applied.parent.span_id == publish.context.span_id
+    assert await get_row(store.pool, "users", stream.partition("-")[2]) is not None
+    # Every span of this write is in the one trace.
+    assert {s.name for s in spans.spans(trace_id)} >= {"POST /v1/users", "command", "append", f"publish {config.topic_prefix}user", "project users"}
+
+
+async def test_an_unsampled_trace_is_forwarded_without_spans(
+    client: httpx.AsyncClient, store: PostgresEventStore, tansu_bootstrap: str, spans: Recorded
+) -> None:
+    """A caller that samples nothing: no span is recorded anywhere, and the context still
+    travels (the relay forwards the stored one), so logs keep correlating by trace id."""
+    unique = uuid.uuid4().hex[:12]
+    config = RelayConfig(topic_prefix=f"trace{unique}.", checkpoint_name=f"relay-{unique}", poll_interval=0.2)
+    await Checkpoints(store.pool).set(config.checkpoint_name, await store.head_position())
+    await ensure_topics(tansu_bootstrap, [f"{config.topic_prefix}{c}" for c in CATEGORIES])
+    unsampled = f"00-{uuid.uuid4().hex}-00f067aa0ba902b7-00"
+    response = await client.post(
+        "/v1/users", json={"email": f"u{unique}@example.org", "display_name": "U", "password": "correct horse battery"},
+        headers={"traceparent": unsampled},
+    )  # fmt: skip
+    assert response.status_code == 201, response.text
+    stream, position = response.json()["stream"], response.json()["global_position"]
+    (event,) = await store.read_stream(stream)
+    stored = event.metadata["traceparent"]
+    assert stored.split("-")[1] == unsampled.split("-")[1] and stored.endswith("-00")
+    await relay_until(store, tansu_bootstrap, config, position)
+    record = await headers_of(tansu_bootstrap, f"{config.topic_prefix}user", stream.encode())
+    assert record["traceparent"].decode() == stored
+    assert spans.spans(int(unsampled.split("-")[1], 16)) == []
