@@ -177,7 +177,7 @@ def main() -> int:
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "KAFKA_BOOTSTRAP_SERVERS": kafka,
                "HTTP_HOST": HOST, "HTTP_PORT": str(http_port), "JWT_SECRET": secrets.token_urlsafe(48),
                "TASKSTREAM_DEV_MODE": "1", "KAFKA_TOPIC_PREFIX": prefix, "RELAY_CHECKPOINT_NAME": f"relay-{suffix}",
-               "PROJECTOR_GROUP_ID": f"projector-{suffix}", "PROJECTOR_SESSION_TIMEOUT": "3",
+               "PROJECTOR_GROUP_ID": f"projector-{suffix}", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
                "BLOB_DIR": str(folder / "blobs")}  # fmt: skip
         cli = [sys.executable, "-m", "taskstream.cli"]
         for name in ("relay", "project", "serve"):

@@ -147,7 +147,7 @@ def main() -> int:
         run = uuid.uuid4().hex[:8]
         settings = Settings(database_url=db_url, redis_url=redis_url, kafka_bootstrap_servers=kafka,
                             kafka_topic_prefix=f"bench{run}.", relay_checkpoint_name=f"relay-{run}",
-                            projector_group_id=f"projector-{run}", projector_session_timeout=3.0)  # fmt: skip
+                            projector_group_id=f"projector-{run}", projector_session_timeout=3.0, metrics_port=0)  # fmt: skip
         env = {**os.environ, **settings.to_env()}
         relay = embedded.ServerProcess("relay", "", 0, embedded.spawn("relay", [sys.executable, "-m", "taskstream.cli", "relay"], folder / "relay.log", env=env, cwd=ROOT), folder / "relay.log")
         started.append(relay)

@@ -33,6 +33,7 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         relay_checkpoint_name=f"relay-e2e-{uuid.uuid4().hex[:8]}",
         projector_group_id=f"projector-e2e-{uuid.uuid4().hex[:8]}",
         projector_session_timeout=3.0,
+        metrics_port=0,  # /metrics of relays and projectors on free ports
         read_consistency_timeout=15.0,  # generous: the machine is shared; the 503 test uses its own gateway
     )
 

@@ -47,6 +47,7 @@ async def settings(database_url: str, redis_url: str, kafka_bootstrap: str, uniq
         http_port=embedded.free_port(),
         auth_rate_limit_per_minute=0,
         projector_session_timeout=3.0,
+        metrics_port=0,  # /metrics of relays and projectors on free ports
         read_consistency_timeout=20.0,
     )
 
