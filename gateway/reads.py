@@ -30,8 +30,9 @@ from gateway import consistency
 from gateway.http import path_uuid
 from gateway.readmodels import Entry, Reads
 from gateway.routes import Deps, Endpoint, _actor
-from gateway.views import ProjectList, ProjectView, TaskList, TaskView, UserView
+from gateway.views import FailureList, ProjectList, ProjectView, TaskList, TaskView, UserView
 from projections import queries, views
+from projections.runtime import list_failures
 from schemas.tasks import TASK_STATUSES
 
 MAX_LIMIT = 200
@@ -169,6 +170,18 @@ async def list_tasks(request: Request, deps: Deps) -> Response:
     return _list(items, limit, await _lag_headers(reads, ("tasks", "projects"), fresh))
 
 
+async def projection_failures(request: Request, deps: Deps) -> Response:
+    """Events the projections parked (admins): what is not in the read models, and why."""
+    reads, caller, _ = await _prepare(request, deps)
+    authz.admin_only(caller)
+    include_resolved = request.query_params.get("include_resolved", "false")
+    if include_resolved not in ("true", "false"):
+        raise ValidationFailed("include_resolved is true or false", errors=[{"field": "include_resolved", "message": "true or false"}])
+    _, limit = _page(request)
+    failures = await list_failures(reads.pool, include_resolved=include_resolved == "true", limit=limit)
+    return JSONResponse({"items": failures}, headers={"Cache-Control": "no-store"})
+
+
 def _list(items: list[tuple[int, dict[str, Any]]], limit: int, headers: dict[str, str]) -> Response:
     page = items[:limit]
     next_cursor = _cursor(page[-1][0]) if len(items) > limit and page else None
@@ -238,4 +251,8 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/projects/{project_id}", get_project, "A project with its members and task counts", status=200, errors=_READ_ERRORS, query=_BY_ID_PARAMS, response=ProjectView),
     Endpoint("GET", "/v1/projects/{project_id}/tasks", list_tasks, "A project's tasks, filtered and paged", status=200, errors=_READ_ERRORS, query=(*_TOKEN_PARAMS, *_TASK_FILTERS, *_PAGE_PARAMS), response=TaskList),
     Endpoint("GET", "/v1/tasks/{task_id}", get_task, "A task", status=200, errors=_READ_ERRORS, query=_BY_ID_PARAMS, response=TaskView),
+    Endpoint("GET", "/v1/admin/projection-failures", projection_failures, "Events the projections parked, with their errors (admins)",
+             status=200, errors=_READ_ERRORS, response=FailureList,
+             query=({"name": "include_resolved", "in": "query", "required": False, "schema": {"type": "boolean", "default": False}},
+                    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}})),
 )  # fmt: skip

@@ -73,3 +73,21 @@ class ProjectList(BaseModel):
 class TaskList(BaseModel):
     items: list[TaskView]
     next_cursor: str | None
+
+
+class Failure(BaseModel):
+    projection: str
+    stream_id: str
+    version: int
+    event_id: str
+    global_position: int
+    type: str
+    error: str
+    attempts: int
+    first_failed_at: str
+    last_failed_at: str
+    resolved_at: str | None
+
+
+class FailureList(BaseModel):
+    items: list[Failure]

@@ -46,7 +46,9 @@ class LagMeter:
                 start = len(model.category) + 2
                 cur = await conn.execute(
                     f"SELECT e.global_position, e.recorded_at FROM events e"
-                    f" LEFT JOIN {model.name} r ON r.{model.key} = substr(e.stream_id, {start})::uuid"
+                    # a stream id that is not a uuid matches no row (the projector parks it)
+                    f" LEFT JOIN {model.name} r ON r.{model.key} = (CASE WHEN substr(e.stream_id, {start})"
+                    f" ~ '^[0-9a-fA-F-]{{36}}$' THEN substr(e.stream_id, {start})::uuid END)"
                     " WHERE e.category = %s AND e.global_position > %s"
                     " AND (r.version IS NULL OR r.version < e.version)"
                     " AND NOT EXISTS (SELECT 1 FROM projection_failures f WHERE f.projection = %s"

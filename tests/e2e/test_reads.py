@@ -115,3 +115,40 @@ async def test_a_bad_token_is_422_and_an_unreachable_one_is_503(
     assert late.status_code == 503
     assert late.headers["Retry-After"] == "1"
     assert late.json()["streams_behind"] == [f"project-{project_id}"]
+
+
+async def test_admins_see_the_parked_events_others_may_not(client: httpx.AsyncClient, new_user, store) -> None:  # noqa: ANN001
+    from schemas.envelope import NO_STREAM, NewEvent
+
+    member, admin = await new_user(), await new_user("admin")
+    task_id = uuid.uuid4()
+    # An event no projection can apply (a task.started for a task never submitted).
+    await store.append(f"task-{task_id}", NO_STREAM, [NewEvent("task.started", {"task_id": str(task_id), "worker_id": "w", "attempt": 1})])
+    assert (await client.get("/v1/admin/projection-failures", headers=member.auth)).status_code == 403
+    async with asyncio.timeout(20):
+        while True:
+            answer = await client.get("/v1/admin/projection-failures", headers=admin.auth)
+            assert answer.status_code == 200
+            parked = [f for f in answer.json()["items"] if f["stream_id"] == f"task-{task_id}"]
+            if parked:
+                break
+            await asyncio.sleep(0.1)
+    assert parked[0]["type"] == "task.started" and "OutOfOrder" in parked[0]["error"]
+    assert (await client.get("/v1/admin/projection-failures", params={"include_resolved": "maybe"}, headers=admin.auth)).status_code == 422
+
+
+async def test_the_openapi_document_describes_the_reads(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    paths = document["paths"]
+    for path in ("/v1/users/me", "/v1/users/{user_id}", "/v1/projects", "/v1/projects/{project_id}",
+                 "/v1/projects/{project_id}/tasks", "/v1/tasks/{task_id}", "/v1/admin/projection-failures"):  # fmt: skip
+        assert "get" in paths[path], path
+    listing = paths["/v1/projects/{project_id}/tasks"]["get"]
+    names = {p["name"] for p in listing["parameters"]}
+    assert {"project_id", "status", "kind", "cursor", "limit", "Consistency-Token", "consistency_token"} <= names
+    status = next(p for p in listing["parameters"] if p["name"] == "status")
+    assert status["schema"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
+    by_id = paths["/v1/tasks/{task_id}"]["get"]
+    assert {"200", "304", "404", "422", "503"} <= set(by_id["responses"])
+    assert "Read-Model-Lag-Seconds" in by_id["responses"]["200"]["headers"]
+    assert "Consistency-Token" in paths["/v1/projects"]["post"]["responses"]["201"]["headers"]
