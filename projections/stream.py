@@ -36,7 +36,7 @@ class StreamConfig:
     bootstrap_servers: str
     group_id: str = "taskstream-projector"
     topic_prefix: str = "events."
-    batch_size: int = 500
+    batch_size: int = 2000
     batch_within: float = 0.01  # seconds to wait for a batch to fill
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.5
