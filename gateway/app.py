@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
+from gateway.http import request_id_of
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.routes import ENDPOINTS, Deps, Endpoint
 
@@ -43,7 +43,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = request_id_of(headers.get(b"x-request-id"))
         scope.setdefault("state", {})
         scope["state"]["request_id"] = scope["state"]["trace_id"] = request_id
         status = 500
