@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
 from gateway.http import request_id_of
+from gateway.ratelimit import RateLimitHeaders
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.routes import ENDPOINTS, Deps, Endpoint
 
@@ -66,12 +67,25 @@ class RequestContext:
             self.latency.labels(method, route).observe(time.perf_counter() - started)
 
 
-def _route(endpoint: Endpoint, deps: Deps) -> Route:
+def _routes(endpoints: Sequence[Endpoint], deps: Deps) -> list[Route]:
+    """One Route per path, its endpoints chosen by method, so a 405 lists every allowed method.
+    Each request is counted in its endpoint's rate-limit route class before the handler runs."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for endpoint in endpoints:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
+    return [Route(path, _dispatch(methods, deps), methods=list(methods)) for path, methods in by_path.items()]
+
+
+def _dispatch(methods: dict[str, Endpoint], deps: Deps) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
+        endpoint = methods.get(request.method) or methods["GET"]  # HEAD is served by GET
+        if deps.limits is not None:
+            verifier = None if endpoint.route_class == "credentials" else deps.verifier
+            await deps.limits.admit(request, endpoint.route_class, verifier)
         return await endpoint.handler(request, deps)
 
-    handle.__name__ = endpoint.handler.__name__
-    return Route(endpoint.path, handle, methods=[endpoint.method])
+    handle.__name__ = "_".join(e.handler.__name__ for e in methods.values())
+    return handle
 
 
 def create_app(
@@ -120,7 +134,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *(_route(e, deps) for e in ENDPOINTS),
+        *_routes(ENDPOINTS, deps),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         trace_id = current_trace_id(request)
@@ -131,5 +145,6 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_middleware(RateLimitHeaders, registry=registry)  # outside ProblemMiddleware: errors get the fields too
     app.add_middleware(RequestContext, registry=registry)
     return app

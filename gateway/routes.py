@@ -28,7 +28,7 @@ from gateway.bodies import (
     UpdateUserBody,
 )
 from gateway.http import path_uuid, read_body, write_context, written
-from gateway.ratelimit import RedisRateLimiter
+from gateway.ratelimit import RateLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +37,7 @@ class Deps:
     verifier: TokenVerifier
     issuer: TokenIssuer | None
     max_body_bytes: int
-    credentials_limiter: RedisRateLimiter | None = None  # registrations and logins (Argon2)
-
-
-async def _limit_credentials(request: Request, deps: Deps) -> None:
-    if deps.credentials_limiter is not None:
-        await deps.credentials_limiter.check("credentials", request.client.host if request.client else "unknown")
+    limits: RateLimits | None = None  # per route class, checked for every endpoint by gateway.app
 
 
 Handler = Callable[[Request, Deps], Awaitable[Response]]
@@ -58,6 +53,11 @@ class Endpoint:
     status: int = 201
     auth: bool = True
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
+    limit: str | None = None  # the rate-limit route class; by default "read" for GET, else "write"
+
+    @property
+    def route_class(self) -> str:
+        return self.limit or ("read" if self.method in ("GET", "HEAD") else "write")
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:
@@ -70,7 +70,6 @@ async def _optional_actor(request: Request, deps: Deps) -> Actor | None:
 
 
 async def register_user(request: Request, deps: Deps) -> Response:
-    await _limit_credentials(request, deps)
     actor = await _optional_actor(request, deps)
     body, raw = await read_body(request, RegisterUserBody, deps.max_body_bytes)
     result = await deps.service.register_user(
@@ -81,8 +80,9 @@ async def register_user(request: Request, deps: Deps) -> Response:
 
 
 async def issue_token(request: Request, deps: Deps) -> Response:
-    await _limit_credentials(request, deps)
     body, _ = await read_body(request, TokenBody, deps.max_body_bytes)
+    if deps.limits is not None:
+        await deps.limits.admit_login(request, body.email)
     if deps.issuer is None:
         raise AuthError("this gateway verifies tokens but does not issue them", error=None)
     try:
@@ -175,8 +175,8 @@ async def _optional_body(request: Request, deps: Deps, model: type[Any]) -> tupl
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422, 429)),
-    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422, 429)),
+    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422, 429), limit="credentials"),
+    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422, 429), limit="credentials"),
     Endpoint("PATCH", "/v1/users/{user_id}", update_user, "Update a user's profile", UpdateUserBody, status=200),
     Endpoint("POST", "/v1/users/{user_id}/role", change_role, "Change a user's role (admins)", ChangeRoleBody, status=200),
     Endpoint("POST", "/v1/users/{user_id}/deactivate", deactivate_user, "Deactivate a user", ReasonBody, status=200),

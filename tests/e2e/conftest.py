@@ -28,6 +28,9 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         max_body_bytes=64 * 1024,
         http_port=embedded.free_port(),
         auth_rate_limit_per_minute=100_000,  # the session registers many users from one address
+        auth_account_rate_limit_per_hour=100_000,
+        rate_limit_write_per_minute=100_000,
+        rate_limit_read_per_minute=100_000,
     )
 
 
