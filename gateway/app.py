@@ -97,7 +97,7 @@ def create_app(
 ) -> Starlette:
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
-    document = openapi_document(ENDPOINTS)
+    document = openapi_document(ENDPOINTS, limited=deps.limits.policies if deps.limits is not None else ())
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.projects import ProjectRole
 from schemas.tasks import MaxAttempts, Payload, Priority, TaskKind, TimeoutSeconds
@@ -39,6 +39,26 @@ ProjectName = text(100, banned=ONE_LINE_BANNED, required=True)
 Description = text(2000, banned=FREE_TEXT_BANNED, required=False)
 Reason = text(500, banned=FREE_TEXT_BANNED, required=False)
 Password = Annotated[str, StringConstraints(min_length=8, max_length=1024, pattern=r"^[^\x00]*$"), Field(repr=False)]
+
+
+# Any JSON value that can be stored: what ``gateway.http.read_body`` lets through, as far as a
+# JSON Schema can say it (depth and number range are in the request body's description).
+_NO_NUL = {"pattern": "^[^\\x00]*$"}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number"},
+        {"type": "string", **_NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "propertyNames": _NO_NUL, "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ]
+}
+# pydantic refuses a $ref it did not make: the document generator turns this marker into one.
+JSON_VALUE_REF = {"x-component": "JsonValue"}
+EdgePayload = Annotated[
+    Payload, WithJsonSchema({"type": "object", "propertyNames": _NO_NUL, "additionalProperties": JSON_VALUE_REF})
+]
 
 
 class Body(BaseModel):
@@ -101,7 +121,7 @@ class PutMemberBody(Body):
 
 class SubmitTaskBody(Body):
     kind: TaskKind
-    payload: Payload = Field(default_factory=dict)
+    payload: EdgePayload = Field(default_factory=dict)
     priority: Priority = 5
     max_attempts: MaxAttempts = 3
     timeout_seconds: TimeoutSeconds = 300

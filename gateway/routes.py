@@ -24,6 +24,7 @@ from gateway.bodies import (
     RegisterUserBody,
     SubmitTaskBody,
     TokenBody,
+    TokenResponse,
     UpdateProjectBody,
     UpdateUserBody,
 )
@@ -54,10 +55,18 @@ class Endpoint:
     auth: bool = True
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
     limit: str | None = None  # the rate-limit route class; by default "read" for GET, else "write"
+    body_required: bool = True  # False: the body may be left out entirely (no Content-Type, no bytes)
+    writes: bool | None = None  # takes If-Match, Idempotency-Key, X-Correlation-ID; by default: not GET
+    creates: str | None = None  # the path parameter that the answer's ``id`` fills (OpenAPI links)
+    response: type[BaseModel] | None = None  # the success body in the OpenAPI document; None: Accepted
 
     @property
     def route_class(self) -> str:
         return self.limit or ("read" if self.method in ("GET", "HEAD") else "write")
+
+    @property
+    def is_write(self) -> bool:
+        return self.writes if self.writes is not None else self.method not in ("GET", "HEAD")
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:
@@ -175,16 +184,16 @@ async def _optional_body(request: Request, deps: Deps, model: type[Any]) -> tupl
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422, 429), limit="credentials"),
-    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422, 429), limit="credentials"),
+    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422), limit="credentials", creates="user_id"),
+    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422), limit="credentials", writes=False, response=TokenResponse),
     Endpoint("PATCH", "/v1/users/{user_id}", update_user, "Update a user's profile", UpdateUserBody, status=200),
     Endpoint("POST", "/v1/users/{user_id}/role", change_role, "Change a user's role (admins)", ChangeRoleBody, status=200),
-    Endpoint("POST", "/v1/users/{user_id}/deactivate", deactivate_user, "Deactivate a user", ReasonBody, status=200),
-    Endpoint("POST", "/v1/projects", create_project, "Create a project owned by the caller", CreateProjectBody),
+    Endpoint("POST", "/v1/users/{user_id}/deactivate", deactivate_user, "Deactivate a user", ReasonBody, status=200, body_required=False),
+    Endpoint("POST", "/v1/projects", create_project, "Create a project owned by the caller", CreateProjectBody, creates="project_id"),
     Endpoint("PATCH", "/v1/projects/{project_id}", update_project, "Rename or describe a project", UpdateProjectBody, status=200),
     Endpoint("POST", "/v1/projects/{project_id}/archive", archive_project, "Archive a project", status=200),
     Endpoint("PUT", "/v1/projects/{project_id}/members/{user_id}", put_member, "Add a member or change their role", PutMemberBody, status=200),
     Endpoint("DELETE", "/v1/projects/{project_id}/members/{user_id}", remove_member, "Remove a member", status=200),
-    Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202),
-    Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202),
+    Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202, creates="task_id"),
+    Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202, body_required=False),
 )  # fmt: skip
