@@ -32,8 +32,10 @@ is not started.
 Rate limiter cost: a second gateway process with every rate limit off (``nolimit_*``) is loaded
 in the same alternation; the measured gateway has a write limit too high to refuse, so each
 request pays the Redis round trip. ``limiter_cost_ms`` = 1000/gateway_rps - 1000/nolimit_rps,
-the time per request the limiter adds at saturation; ``limiter_check_us`` is the median of
-sequential ``RedisRateLimiter.check`` calls in this process (one EVALSHA each).
+the time per request the limiter adds at saturation; ``*_cpu_ms_per_request`` is the gateway
+process's CPU per request with and without it (steadier on a shared machine);
+``limiter_check_us`` is the median of sequential ``RedisRateLimiter.check`` calls in this
+process (one EVALSHA round trip each).
 
 Prints one JSON line: requests/s, p50 and p99 for both, ratio = gateway rps / plain rps,
 goal = ratio >= 0.5 and gateway p99 <= 50 ms. Every child process is stopped at the end.
@@ -489,6 +491,9 @@ def main() -> int:
         "nolimit_p99_ms": n["p99_ms"],
         "limiter_cost_ms": round(1000 / g["rps"] - 1000 / n["rps"], 3),
         "limiter_check_us": check_us,
+        # Server CPU per request (cores busy / requests per second): less sensitive to a noisy machine.
+        "gateway_cpu_ms_per_request": round(1000 * g["cpu_cores"]["app_server"] / g["rps"], 3),
+        "nolimit_cpu_ms_per_request": round(1000 * n["cpu_cores"]["app_server"] / n["rps"], 3),
         "goal": GOAL,
         "goal_met": False,
         "connections": CONNECTIONS,

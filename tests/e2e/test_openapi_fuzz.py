@@ -76,7 +76,7 @@ async def _run(url: str, report: Path, token: str | None = None) -> str:
         _st(), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all",
         "--phases", "coverage,fuzzing,stateful", "--max-examples", MAX_EXAMPLES, "--seed", SEED,
         "--workers", "1", "--request-timeout", "10", "--no-color", "--report", "ndjson", "--report-ndjson-path", str(report),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=report.parent,  # its .schemathesis/ cache too
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": "tests.e2e.fuzz_hooks", "PYTHONPATH": str(ROOT), "FUZZ_TOKEN": token or ""},
     )  # fmt: skip
     out, _ = await proc.communicate()
