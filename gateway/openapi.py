@@ -101,7 +101,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
     ]
     if endpoint.auth:
         op["security"] = [{"bearer": []}]
-    elif 401 in endpoint.errors:
+    elif endpoint.optional_auth:
         op["security"] = [{}, {"bearer": []}]  # a token is optional, and checked when sent
     if endpoint.is_write:
         params += _write_parameters()

@@ -53,6 +53,7 @@ class Endpoint:
     body: type[BaseModel] | None = None
     status: int = 201
     auth: bool = True
+    optional_auth: bool = False  # with auth=False: a token may be sent, and is then checked
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
     limit: str | None = None  # the rate-limit route class; by default "read" for GET, else "write"
     body_required: bool = True  # False: the body may be left out entirely (no Content-Type, no bytes)
@@ -184,7 +185,7 @@ async def _optional_body(request: Request, deps: Deps, model: type[Any]) -> tupl
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422), limit="credentials", creates="user_id"),
+    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, optional_auth=True, errors=(401, 403, 409, 413, 415, 422), limit="credentials", creates="user_id"),
     Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422), limit="credentials", writes=False, response=TokenResponse),
     Endpoint("PATCH", "/v1/users/{user_id}", update_user, "Update a user's profile", UpdateUserBody, status=200),
     Endpoint("POST", "/v1/users/{user_id}/role", change_role, "Change a user's role (admins)", ChangeRoleBody, status=200),

@@ -70,3 +70,9 @@ def test_links_lead_from_created_ids_to_the_operations_that_take_them() -> None:
     links = _op("/v1/projects", "post")["responses"]["201"]["links"]
     assert links["submit_task"] == {"operationId": "submit_task", "parameters": {"path.project_id": "$response.body#/id"}}
     assert {"update_project", "archive_project", "put_member", "remove_member", "submit_task"} <= set(links)
+
+
+def test_security_says_who_needs_a_token() -> None:
+    assert _op("/v1/projects", "post")["security"] == [{"bearer": []}]
+    assert _op("/v1/users", "post")["security"] == [{}, {"bearer": []}]  # admins may pass a role
+    assert "security" not in _op("/v1/auth/token", "post")
