@@ -29,6 +29,14 @@ PostgreSQL (fsync on, as in production), Valkey and tansu in a temporary folder;
 applied either way. The gateway gets a generated JWT_SECRET and TASKSTREAM_DEV_MODE=1. The relay
 is not started.
 
+Rate limiter cost: a second gateway process with every rate limit off (``nolimit_*``) is loaded
+in the same alternation; the measured gateway has a write limit too high to refuse, so each
+request pays the Redis round trip. ``limiter_cost_ms`` = 1000/gateway_rps - 1000/nolimit_rps,
+the time per request the limiter adds at saturation; ``*_cpu_ms_per_request`` is the gateway
+process's CPU per request with and without it (steadier on a shared machine);
+``limiter_check_us`` is the median of sequential ``RedisRateLimiter.check`` calls in this
+process (one EVALSHA round trip each).
+
 Prints one JSON line: requests/s, p50 and p99 for both, ratio = gateway rps / plain rps,
 goal = ratio >= 0.5 and gateway p99 <= 50 ms. Every child process is stopped at the end.
 """
@@ -347,14 +355,37 @@ async def gateway_setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, 
 # --- orchestration -------------------------------------------------------------------------
 
 
-async def measure(plain_url: str, plain_pid: int, gateway: tuple[str, dict[str, str], int], db_pid: int | None) -> dict[str, Any]:
+async def measure(
+    plain_url: str, plain_pid: int, gateway: tuple[str, dict[str, str], int], nolimit: tuple[str, dict[str, str], int], db_pid: int | None
+) -> dict[str, Any]:
     url, headers, gateway_pid = gateway
     plain: list[Run] = []
     gw: list[Run] = []
-    for _ in range(REPEATS):  # alternate, so drift in machine load hits both alike
+    free: list[Run] = []
+    for _ in range(REPEATS):  # alternate, so drift in machine load hits all alike
         plain.append(await load(plain_url, {}, server_pid=plain_pid, db_pid=db_pid))
         gw.append(await load(url, headers, server_pid=gateway_pid, db_pid=db_pid))
-    return {"plain": summarize(plain), "gateway": summarize(gw)}
+        free.append(await load(nolimit[0], nolimit[1], server_pid=nolimit[2], db_pid=db_pid))
+    return {"plain": summarize(plain), "gateway": summarize(gw), "nolimit": summarize(free)}
+
+
+async def limiter_check_us(redis_url: str, n: int = 2000) -> float:
+    """Median time of one rate-limit check (one EVALSHA round trip), sequential, in microseconds."""
+    from redis.asyncio import Redis
+
+    from gateway.ratelimit import Policy, RedisRateLimiter
+
+    client = Redis.from_url(redis_url)
+    try:
+        limiter, policy, who = RedisRateLimiter(client), Policy("bench", 10**9, 60), uuid.uuid4().hex
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            await limiter.check(policy, who)
+            times.append(time.perf_counter() - started)
+    finally:
+        await client.aclose()
+    return round(statistics.median(times[n // 10 :]) * 1e6, 1)
 
 
 def main() -> int:
@@ -399,31 +430,39 @@ def main() -> int:
         started.append(plain)
         embedded.wait_until(lambda: embedded.accepts(plain_port), plain, timeout=30)
 
-        http_port = embedded.free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": db_url,
-            "REDIS_URL": redis_url,
-            "KAFKA_BOOTSTRAP_SERVERS": kafka,
-            "HTTP_HOST": HOST,
-            "HTTP_PORT": str(http_port),
-            "JWT_SECRET": secrets.token_urlsafe(48),
-            "TASKSTREAM_DEV_MODE": "1",
-            "BLOB_DIR": str(folder / "blobs"),
-        }
-        proc = embedded.spawn("gateway", [sys.executable, "-m", "taskstream.cli", "serve"], folder / "gateway.log", env=env, cwd=ROOT)
-        gw = embedded.ServerProcess("gateway", f"http://{HOST}:{http_port}", http_port, proc, folder / "gateway.log")
-        started.append(gw)
-        embedded.wait_until(lambda: embedded.accepts(http_port), gw, timeout=60)
-        try:
-            asyncio.run(wait_ready(gw.url, gw.alive))
-            url, headers = asyncio.run(gateway_setup(gw.url, env))
-        except Exception:
-            print(f"gateway log tail:\n{gw.log_tail()}", file=sys.stderr)
-            raise
-        gateway = (url, headers, gw.process.pid)
+        def start_gateway(name: str, limits: dict[str, str]) -> tuple[tuple[str, dict[str, str], int], dict[str, str]]:
+            http_port = embedded.free_port()
+            env = {
+                **os.environ,
+                "DATABASE_URL": db_url,
+                "REDIS_URL": redis_url,
+                "KAFKA_BOOTSTRAP_SERVERS": kafka,
+                "HTTP_HOST": HOST,
+                "HTTP_PORT": str(http_port),
+                "JWT_SECRET": secrets.token_urlsafe(48),
+                "TASKSTREAM_DEV_MODE": "1",
+                "BLOB_DIR": str(folder / "blobs"),
+                **limits,
+            }
+            log = folder / f"{name}.log"
+            proc = embedded.spawn(name, [sys.executable, "-m", "taskstream.cli", "serve"], log, env=env, cwd=ROOT)
+            gw = embedded.ServerProcess(name, f"http://{HOST}:{http_port}", http_port, proc, log)
+            started.append(gw)
+            embedded.wait_until(lambda: embedded.accepts(http_port), gw, timeout=60)
+            try:
+                asyncio.run(wait_ready(gw.url, gw.alive))
+                url, headers = asyncio.run(gateway_setup(gw.url, env))
+            except Exception:
+                print(f"{name} log tail:\n{gw.log_tail()}", file=sys.stderr)
+                raise
+            return (url, headers, gw.process.pid), env
 
-        figures = asyncio.run(measure(plain.url + "/tasks", plain.process.pid, gateway, db_pid))
+        # Limited: a write quota no run can reach, so every request pays the check, none is refused.
+        gateway, _ = start_gateway("gateway", {"RATE_LIMIT_WRITE_PER_MINUTE": str(10**9)})
+        nolimit, _ = start_gateway("gateway-nolimit", {"RATE_LIMIT_WRITE_PER_MINUTE": "0"})
+
+        figures = asyncio.run(measure(plain.url + "/tasks", plain.process.pid, gateway, nolimit, db_pid))
+        check_us = asyncio.run(limiter_check_us(redis_url))
         for server in started:
             if not server.alive():
                 raise RuntimeError(f"{server.name} exited during the bench:\n{server.log_tail()}")
@@ -436,7 +475,7 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    p, g = figures["plain"], figures["gateway"]
+    p, g, n = figures["plain"], figures["gateway"], figures["nolimit"]
     line: dict[str, Any] = {
         "bench": "http_write",
         "unit": "requests/s and ms (median of repeats)",
@@ -447,18 +486,28 @@ def main() -> int:
         "plain_p50_ms": p["p50_ms"],
         "plain_p99_ms": p["p99_ms"],
         "ratio": round(g["rps"] / p["rps"], 3),
+        "nolimit_rps": n["rps"],
+        "nolimit_p50_ms": n["p50_ms"],
+        "nolimit_p99_ms": n["p99_ms"],
+        "limiter_cost_ms": round(1000 / g["rps"] - 1000 / n["rps"], 3),
+        "limiter_check_us": check_us,
+        # Server CPU per request (cores busy / requests per second): less sensitive to a noisy machine.
+        "gateway_cpu_ms_per_request": round(1000 * g["cpu_cores"]["app_server"] / g["rps"], 3),
+        "nolimit_cpu_ms_per_request": round(1000 * n["cpu_cores"]["app_server"] / n["rps"], 3),
         "goal": GOAL,
         "goal_met": False,
         "connections": CONNECTIONS,
         "gateway_errors": g["errors"],
         "plain_errors": p["errors"],
-        "valid": p["errors"] == 0 and g["errors"] == 0,
+        "valid": p["errors"] == 0 and g["errors"] == 0 and n["errors"] == 0,
         "gateway_requests": g["requests"],
         "plain_requests": p["requests"],
         "gateway_rps_runs": g["rps_runs"],
         "plain_rps_runs": p["rps_runs"],
         "gateway_cpu_cores": g["cpu_cores"],
         "plain_cpu_cores": p["cpu_cores"],
+        "nolimit_cpu_cores": n["cpu_cores"],
+        "nolimit_rps_runs": n["rps_runs"],
         "client": CLIENT,
         "plain_pool": PLAIN_POOL,
         "seconds": SECONDS,
@@ -467,7 +516,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
     }
     line["goal_met"] = bool(line["valid"] and line["ratio"] >= 0.5 and g["p99_ms"] <= 50)
-    if p["errors"] or g["errors"]:
+    if p["errors"] or g["errors"] or n["errors"]:
         line["gateway_statuses"] = g["statuses"]
         line["plain_statuses"] = p["statuses"]
     print(json.dumps(line))

@@ -135,7 +135,7 @@ async def setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, str], st
         submitted = await client.post(tasks_url, json={"kind": "echo", "payload": {"n": 1}}, headers=headers)
         task_id = submitted.json()["id"]
         token = submitted.headers["Consistency-Token"]
-        answer = await client.get(f"{base}/v1/tasks/{task_id}", headers={**headers, "Consistency-Token": token})
+        answer = await client.get(f"{base}/v1/tasks/{task_id}", params={"consistency_token": token}, headers=headers)
         if answer.status_code != 200:
             raise RuntimeError(f"GET /v1/tasks/{task_id} with the token answered {answer.status_code}: {answer.text[:300]}")
         deadline = time.monotonic() + 30

@@ -14,7 +14,7 @@ from typing import Any
 
 from commands import authz, passwords, project, project_name, task, user, user_email
 from commands.authz import Actor
-from commands.errors import DomainError, Forbidden, IllegalTransition, NotFound, ValidationFailed
+from commands.errors import DomainError, Forbidden, IllegalTransition, NotFound
 from commands.handler import Loaded, WriteContext, Written, execute, load, load_many
 from commands.states import StateCache
 from event_store.protocol import EventStore, StreamAppend
@@ -156,9 +156,8 @@ class Service:
         async def plan(_attempt: int) -> list[StreamAppend]:
             proj = await self._project(project_id, actor, "manage")  # before anything about the member leaks
             member = (await load(self.store, user.DECIDER, user.stream_for(user_id), self.cache)).state
-            if member is None or not member.active:
-                message = "no active user with this id"
-                raise ValidationFailed(message, errors=[{"field": "user_id", "message": message}])
+            if member is None or not member.active:  # the path names no user: 404, as for the project
+                raise NotFound("no active user with this id")
             return [proj.append(project.decide(proj.state, AddProjectMember(project_id=project_id, user_id=user_id, role=role)))]  # type: ignore[arg-type]
 
         return await self._run(plan, ctx)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -20,6 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
+from gateway.http import request_id_of
+from gateway.ratelimit import RateLimitHeaders
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.reads import READ_ENDPOINTS
 from gateway.routes import ENDPOINTS, Deps, Endpoint
@@ -51,7 +53,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or ())
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = request_id_of(headers.get(b"x-request-id"))
         method = method_label(scope["method"])
         parent = context_from(headers.get(b"traceparent"), headers.get(b"tracestate"))
         status = 500
@@ -84,12 +86,39 @@ class RequestContext:
                         span.set_status(StatusCode.ERROR)
 
 
-def _route(endpoint: Endpoint, deps: Deps) -> Route:
+def _routes(endpoints: Sequence[Endpoint], deps: Deps) -> list[Route]:
+    """One Route per path, its endpoints chosen by method, so a 405 lists every allowed method.
+    Each request is counted in its endpoint's rate-limit route class before the handler runs."""
+    by_path: dict[str, dict[str, Endpoint]] = {}
+    for endpoint in endpoints:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
+    # A literal path before a templated one that would also match it (/v1/users/me before
+    # /v1/users/{user_id}); a literal path takes every method and answers 405 for the ones it
+    # lacks itself, so that PATCH /v1/users/me is not taken for a user whose id is "me".
+    ordered = sorted(by_path, key=lambda path: "{" in path)
+    return [
+        Route(path, _dispatch(by_path[path], deps), methods=_EVERY_METHOD if "{" not in path else list(by_path[path]))
+        for path in ordered
+    ]
+
+
+_EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+
+
+def _dispatch(methods: dict[str, Endpoint], deps: Deps) -> Callable[[Request], Awaitable[Response]]:
+    allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
+
     async def handle(request: Request) -> Response:
+        if request.method not in allowed:
+            raise HTTPException(405, headers={"Allow": ", ".join(allowed)})
+        endpoint = methods.get(request.method) or methods["GET"]  # HEAD is served by GET
+        if deps.limits is not None:
+            verifier = None if endpoint.route_class == "credentials" else deps.verifier
+            await deps.limits.admit(request, endpoint.route_class, verifier)
         return await endpoint.handler(request, deps)
 
-    handle.__name__ = endpoint.handler.__name__
-    return Route(endpoint.path, handle, methods=[endpoint.method])
+    handle.__name__ = "_".join(e.handler.__name__ for e in methods.values())
+    return handle
 
 
 def create_app(
@@ -102,7 +131,7 @@ def create_app(
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
     endpoints = (*ENDPOINTS, *READ_ENDPOINTS)
-    document = openapi_document(endpoints)
+    document = openapi_document(endpoints, limited=deps.limits.policies if deps.limits is not None else ())
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -139,7 +168,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *(_route(e, deps) for e in endpoints),
+        *_routes(endpoints, deps),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         trace_id = current_trace_id(request)
@@ -150,5 +179,6 @@ def create_app(
     app = Starlette(routes=routes, lifespan=lifespan)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_middleware(RateLimitHeaders, registry=registry)  # outside ProblemMiddleware: errors get the fields too
     app.add_middleware(RequestContext, registry=registry)
     return app

@@ -3,7 +3,9 @@
 HS256 uses one shared secret (at least 32 bytes). RS256 issues with a private key and verifies with
 a public key file, a JWKS file (``file://``, read at startup) or a JWKS URL (https, or http on
 loopback only), fetched through an injectable function and cached. Only the configured algorithm is accepted, so
-``alg=none`` and HS256 tokens keyed with the RSA public key are refused before any key is used.
+``alg=none`` and HS256 tokens keyed with the RSA public key are refused before any key is used;
+so is a ``typ`` header other than ``JWT`` or ``at+jwt`` (RFC 8725 section 3.11: a signed JWT of
+another kind is not an access token). RSA keys, from files or a JWKS, need ``MIN_RSA_BITS``.
 Every refusal is an ``AuthError`` whose short ``reason`` goes into ``WWW-Authenticate``.
 """
 
@@ -52,6 +54,7 @@ MIN_SECRET_BYTES = 32
 MIN_RSA_BITS = 2048
 DEFAULT_LEEWAY_SECONDS = 30
 MAX_JWKS_BYTES = 256 * 1024
+ACCEPTED_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})  # compared case-insensitively
 
 Clock = Callable[[], float]
 JwksFetch = Callable[[str], Awaitable[Mapping[str, Any]]]
@@ -271,6 +274,9 @@ class TokenVerifier:
         header = _read_header(token)
         if header.get("alg") != self.algorithm:
             raise AuthError("token algorithm not accepted")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+            raise AuthError("token type not accepted")
         key = await self._keys.key_for(header)
         try:
             claims = jwt.decode(token, key, algorithms=[self.algorithm]).claims
@@ -370,14 +376,33 @@ async def fetch_jwks(url: str, *, client: httpx.AsyncClient | None = None) -> Ma
 
 
 def import_jwks(document: Mapping[str, Any]) -> KeySet:
-    """The RSA signing keys of a JWKS document; other key types are ignored."""
+    """The RSA signing keys of a JWKS document of at least ``MIN_RSA_BITS``; other keys are ignored
+    (a weaker RSA key with a warning), so a token signed by one is refused as an unknown key."""
     if not isinstance(document.get("keys"), list):
         raise ValueError("a JWKS needs a 'keys' list")
-    keys = KeySet.import_key_set({"keys": document["keys"]})
+    strong = []
+    for jwk in document["keys"]:
+        bits = _rsa_bits(jwk)
+        if bits is not None and bits < MIN_RSA_BITS:  # measured before import: joserfc warns on weak keys
+            logger.warning("JWKS key kid=%s ignored: %d bits, at least %d needed", jwk.get("kid"), bits, MIN_RSA_BITS)
+        else:
+            strong.append(jwk)
+    keys = KeySet.import_key_set({"keys": strong}) if strong else []
     rsa = [key for key in keys if isinstance(key, RSAKey) and key.get("use") in (None, "sig")]
     if not rsa:
-        raise ValueError("the JWKS has no RSA signing key")
+        raise ValueError(f"the JWKS has no RSA signing key of at least {MIN_RSA_BITS} bits")
     return KeySet(rsa)  # type: ignore[arg-type]
+
+
+def _rsa_bits(jwk: Any) -> int | None:
+    """The modulus size of an RSA JWK, None for other key types."""
+    if not isinstance(jwk, Mapping) or jwk.get("kty") != "RSA" or not isinstance(jwk.get("n"), str):
+        return None
+    try:
+        modulus = base64.urlsafe_b64decode(jwk["n"] + "=" * (-len(jwk["n"]) % 4))
+    except (binascii.Error, ValueError):
+        return 0
+    return int.from_bytes(modulus, "big").bit_length()
 
 
 def _select(keys: Key | KeySet, header: Mapping[str, Any]) -> Key:

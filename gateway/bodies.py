@@ -1,7 +1,11 @@
 """Request and response bodies of the HTTP API (pydantic; unknown fields are refused).
 
-Field types come from ``schemas`` so the API and the events validate alike; the OpenAPI
-document is generated from these models.
+The OpenAPI document is generated from these models, so each field says exactly what is
+checked: lengths are counted on the text as sent; surrounding whitespace is then stripped (a
+normalisation, never a reason to refuse or to accept). The edge is stricter than the event
+schemas in ``schemas`` (which the domain validates again): no control characters, line or
+paragraph separators, bidi overrides or BOM in one-line fields such as emails and display
+names; no NUL anywhere. Stricter only here, so events already stored still decode.
 """
 
 from __future__ import annotations
@@ -9,13 +13,52 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
-from schemas.projects import Description, ProjectName, ProjectRole
+from schemas.projects import ProjectRole
 from schemas.tasks import MaxAttempts, Payload, Priority, TaskKind, TimeoutSeconds
-from schemas.users import DisplayName, Email, Reason, UserRole
+from schemas.users import UserRole
 
-Password = Annotated[str, StringConstraints(min_length=8, max_length=1024), Field(repr=False)]
+# One-line text: C0 and C1 controls, DEL, U+2028/2029, bidi embeddings/overrides/isolates, BOM.
+ONE_LINE_BANNED = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
+# Free text keeps tabs and line breaks.
+FREE_TEXT_BANNED = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+
+
+def text(max_length: int, *, banned: str, required: bool) -> Any:
+    """A string checked as sent, then stripped. ``required``: at least one visible character."""
+    pattern = f"^[^{banned}]*[^\\s{banned}][^{banned}]*$" if required else f"^[^{banned}]*$"
+    return Annotated[str, StringConstraints(max_length=max_length, pattern=pattern), AfterValidator(str.strip)]
+
+
+_LOCAL, _LABEL = rf"[^@\s{ONE_LINE_BANNED}]", rf"[^@.\s{ONE_LINE_BANNED}]"
+EMAIL_PATTERN = rf"^{_LOCAL}{{1,64}}@{_LABEL}+(?:\.{_LABEL}+)+$"
+Email = Annotated[str, StringConstraints(max_length=254, pattern=EMAIL_PATTERN), AfterValidator(str.lower)]
+DisplayName = text(100, banned=ONE_LINE_BANNED, required=True)
+ProjectName = text(100, banned=ONE_LINE_BANNED, required=True)
+Description = text(2000, banned=FREE_TEXT_BANNED, required=False)
+Reason = text(500, banned=FREE_TEXT_BANNED, required=False)
+Password = Annotated[str, StringConstraints(min_length=8, max_length=1024, pattern=r"^[^\x00]*$"), Field(repr=False)]
+
+
+# Any JSON value that can be stored: what ``gateway.http.read_body`` lets through, as far as a
+# JSON Schema can say it (depth and number range are in the request body's description).
+_NO_NUL = {"pattern": "^[^\\x00]*$"}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number"},
+        {"type": "string", **_NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "propertyNames": _NO_NUL, "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ]
+}
+# pydantic refuses a $ref it did not make: the document generator turns this marker into one.
+JSON_VALUE_REF = {"x-component": "JsonValue"}
+EdgePayload = Annotated[
+    Payload, WithJsonSchema({"type": "object", "propertyNames": _NO_NUL, "additionalProperties": JSON_VALUE_REF})
+]
 
 
 class Body(BaseModel):
@@ -31,7 +74,7 @@ class RegisterUserBody(Body):
 
 class TokenBody(Body):
     email: Email
-    password: Annotated[str, StringConstraints(min_length=1, max_length=1024), Field(repr=False)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]*$"), Field(repr=False)]
 
 
 class UpdateUserBody(Body):
@@ -52,14 +95,24 @@ class CreateProjectBody(Body):
 
 
 class UpdateProjectBody(Body):
-    name: ProjectName | None = None
-    description: Description | None = None
+    """At least one field; a field left out is unchanged (``null`` is not a value)."""
+
+    model_config = ConfigDict(json_schema_extra=lambda schema: _at_least_one_field(schema))
+
+    name: ProjectName = None  # type: ignore[assignment]  # defaults are not validated: None = left out
+    description: Description = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _something(self) -> UpdateProjectBody:
-        if self.name is None and self.description is None:
+        if not self.model_fields_set:
             raise ValueError("give at least one of name, description")
         return self
+
+
+def _at_least_one_field(schema: dict[str, Any]) -> None:
+    schema["minProperties"] = 1
+    for prop in schema["properties"].values():
+        prop.pop("default", None)  # None stands for "left out", not a value to send
 
 
 class PutMemberBody(Body):
@@ -68,7 +121,7 @@ class PutMemberBody(Body):
 
 class SubmitTaskBody(Body):
     kind: TaskKind
-    payload: Payload = Field(default_factory=dict)
+    payload: EdgePayload = Field(default_factory=dict)
     priority: Priority = 5
     max_attempts: MaxAttempts = 3
     timeout_seconds: TimeoutSeconds = 300

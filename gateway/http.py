@@ -1,9 +1,17 @@
-"""Reading requests and shaping write answers: content type, size, JSON, headers."""
+"""Reading requests and shaping write answers: content type, size, JSON, headers.
+
+What ``read_body`` lets through can be stored and sent on as it came: a JSON object whose
+numbers are finite (no ``1e400``, no integer past Python's 4,300-digit limit), nested at most
+``MAX_JSON_DEPTH`` deep, whose strings and keys hold no NUL (PostgreSQL refuses it) and no lone
+surrogate (not encodable as UTF-8). Anything else is a 422 before any service call, so nothing is
+written. The tracing headers go into event metadata and Kafka headers only when well formed.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from typing import Any, TypeVar
@@ -20,8 +28,20 @@ from schemas.envelope import Metadata
 
 B = TypeVar("B", bound=BaseModel)
 
-_ETAG = re.compile(r'^\s*(?:W/)?"?(\d{1,18})(?:\.\d{1,18})?"?\s*$')  # a project's read ETag is "<version>.<n>"
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_JSON_DEPTH = 32
+# The header formats, also published in the OpenAPI document (``gateway.openapi``).
+# A project's read ETag is "<version>.<counts revision>": If-Match takes its version part.
+IF_MATCH_PATTERN = r'^\s*(?:\*|(?:W/)?"[0-9]{1,18}(?:\.[0-9]{1,18})?"|[0-9]{1,18})\s*$'
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+CORRELATION_ID_PATTERN = r"^[A-Za-z0-9._~:/+=@-]{1,128}$"
+_ETAG = re.compile(r'^\s*(?:W/)?"?([0-9]{1,18})(?:\.[0-9]{1,18})?"?\s*$')
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_CORRELATION_ID = re.compile(CORRELATION_ID_PATTERN)
+_REQUEST_ID = re.compile(CORRELATION_ID_PATTERN.encode())
+# W3C Trace Context level 1: version 00 exactly; a later version may append fields.
+_TRACEPARENT = re.compile(r"^(?!ff)([0-9a-f]{2})-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]*)?$")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class UnsupportedMediaType(Exception):
@@ -55,13 +75,19 @@ async def read_body(request: Request, model: type[B], max_bytes: int) -> tuple[B
         if len(raw) > max_bytes:
             raise ContentTooLarge(max_bytes)
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant) if raw else None
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"the body is not valid JSON: {exc}", errors=[{"field": "", "message": "invalid JSON"}]) from None
     except _NotStorable as exc:
         raise ValidationFailed(str(exc), errors=[{"field": "", "message": str(exc)}]) from None
-    if (where := _nul_at(data)) is not None:
-        message = "NUL characters are not accepted"
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        message = "an integer has too many digits"
+        raise ValidationFailed(message, errors=[{"field": "", "message": message}]) from None
+    except RecursionError:
+        message = f"the body is nested more than {MAX_JSON_DEPTH} deep"
+        raise ValidationFailed(message, errors=[{"field": "", "message": message}]) from None
+    if (found := _unstorable_at(data)) is not None:
+        where, message = found
         raise ValidationFailed(message, errors=[{"field": where, "message": message}])
     if not isinstance(data, dict):
         raise ValidationFailed("the body must be a JSON object", errors=[{"field": "", "message": "expected an object"}])
@@ -76,20 +102,40 @@ def _refuse_constant(name: str) -> Any:
     raise _NotStorable(f"{name} is not a JSON number and cannot be stored")
 
 
-def _nul_at(value: Any, path: str = "") -> str | None:
-    """The path of the first string (or key) holding a NUL character, which PostgreSQL refuses."""
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStorable(f"the number {text[:32]} is out of range")
+    return value
+
+
+def _unstorable_at(value: Any, path: str = "", depth: int = 1) -> tuple[str, str] | None:
+    """The path of the first value that cannot be stored, and why (NUL, lone surrogate, depth)."""
     if isinstance(value, str):
-        return path if "\x00" in value else None
+        return (path, _why(value)) if _UNSTORABLE.search(value) else None
+    if isinstance(value, (dict, list)) and depth > MAX_JSON_DEPTH:
+        return path, f"the body is nested more than {MAX_JSON_DEPTH} deep"
     if isinstance(value, dict):
         for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
-            if "\x00" in key or (found := _nul_at(item, inner)) is not None:
-                return inner if "\x00" in key else found
+            inner = f"{path}.{_shown(key)}" if path else _shown(key)
+            if _UNSTORABLE.search(key):
+                return inner, _why(key) + " (in a key)"
+            if (found := _unstorable_at(item, inner, depth + 1)) is not None:
+                return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            if (found := _nul_at(item, f"{path}.{index}" if path else str(index))) is not None:
+            if (found := _unstorable_at(item, f"{path}.{index}" if path else str(index), depth + 1)) is not None:
                 return found
     return None
+
+
+def _why(text: str) -> str:
+    return "NUL characters are not accepted" if "\x00" in text else "lone surrogates (invalid UTF-16) are not accepted"
+
+
+def _shown(key: str) -> str:
+    """A key as it can be shown in an answer (UTF-8 encodable, no NUL)."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def path_uuid(request: Request, name: str) -> uuid.UUID:
@@ -103,7 +149,7 @@ def if_match(request: Request) -> int | None:
     raw = request.headers.get("if-match")
     if raw is None or raw.strip() == "*":
         return None
-    match = _ETAG.match(raw)
+    match = _ETAG.match(raw) if _IF_MATCH.match(raw) else None
     if match is None:
         raise ValidationFailed("If-Match must be an ETag such as \"3\"", errors=[{"field": "If-Match", "message": "not a version ETag"}])
     return int(match.group(1))
@@ -125,14 +171,35 @@ def write_context(request: Request, actor: Actor | None, raw_body: bytes) -> Wri
             digest.update(part if isinstance(part, bytes) else part.encode())
             digest.update(b"\0")
         fingerprint = digest.hexdigest()
+    correlation_id = request.headers.get("x-correlation-id")
+    if correlation_id is not None and not _CORRELATION_ID.match(correlation_id):
+        message = "X-Correlation-ID must be 1-128 characters from A-Z a-z 0-9 . _ ~ : / + = @ -"
+        raise ValidationFailed(message, errors=[{"field": "X-Correlation-ID", "message": "invalid"}])
     metadata = Metadata(
         actor=actor.user_id if actor else None,
-        correlation_id=request.headers.get("x-correlation-id") or request_id,
+        correlation_id=correlation_id or request_id,
         causation_id=request_id,
-        traceparent=request.headers.get("traceparent"),
+        traceparent=valid_traceparent(request.headers.get("traceparent")),
         idempotency_key=key,
     )
     return WriteContext(metadata=metadata, idempotency_key=scoped_key, fingerprint=fingerprint, if_match=if_match(request))
+
+
+def request_id_of(raw: bytes | None) -> str:
+    """``X-Request-ID`` (nginx sets one) when well formed, else a new id: it becomes metadata."""
+    if raw and _REQUEST_ID.match(raw):
+        return raw.decode("ascii")
+    return uuid.uuid4().hex
+
+
+def valid_traceparent(raw: str | None) -> str | None:
+    """A W3C ``traceparent`` as sent, or None when it is malformed (the spec says: ignore it)."""
+    if raw is None or len(raw) > 512:
+        return None
+    match = _TRACEPARENT.match(raw)
+    if match is None or (match.group(1) == "00" and len(raw) != 55):
+        return None
+    return raw
 
 
 def written(result: Written, *, status: int, location: str) -> JSONResponse:

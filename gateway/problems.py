@@ -35,6 +35,9 @@ GENERIC_DETAIL = "An unexpected error occurred. Quote the trace_id when reportin
 
 # RFC 9110 names where Python's http.HTTPStatus still has the RFC 7231 ones.
 _TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+# The title of the ``validation-failed`` type, the same as the domain's ``ValidationFailed``:
+# one title per problem type.
+VALIDATION_TITLE = "The request is not valid"
 _STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail"})
 
 logger = logging.getLogger("taskstream.gateway")
@@ -117,7 +120,7 @@ def validation_failed(
 ) -> ProblemResponse:
     listed = field_errors(errors) if isinstance(errors, ValidationError) else [dict(e) for e in errors]
     shown = detail or "The request is not valid; see errors."
-    return problem(422, "Unprocessable Content", shown, "validation-failed", errors=listed)
+    return problem(422, VALIDATION_TITLE, shown, "validation-failed", errors=listed)
 
 
 def internal_error(trace_id: str) -> ProblemResponse:

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
-from gateway.consistency import NotCaughtUp
+from gateway.consistency import NotCaughtUp, UnknownWrites
 from gateway.nearcache import NearCache
 from projections import queries, views
 from projections.cache import ReadCache, cache_key
@@ -161,11 +161,18 @@ class Reads:
         the configured time."""
         started = time.monotonic()
         delay = 0.005
+        checked = False
         while True:
             reached = await queries.stream_versions(self.pool, list(required))
             behind = queries.models_behind(required, reached)
             if not behind:
                 return
+            if not checked:  # a token naming writes that never happened can never be reached
+                checked = True
+                written = await queries.written_versions(self.pool, behind)
+                never = [s for s in behind if written.get(s, 0) < required[s]]
+                if never:
+                    raise UnknownWrites(never)
             waited = time.monotonic() - started
             if waited >= self.consistency_timeout:
                 raise NotCaughtUp(waited, behind)

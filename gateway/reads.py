@@ -13,9 +13,6 @@ table the read models involved may be.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import uuid
 from typing import Any
@@ -47,8 +44,8 @@ def _reads(deps: Deps) -> Reads:
 
 
 def _token(request: Request) -> dict[str, int] | None:
-    raw = request.headers.get(consistency.HEADER) or request.query_params.get(consistency.QUERY)
-    return consistency.decode(raw) if raw else None
+    raw = request.query_params.get(consistency.QUERY)
+    return consistency.decode(raw) if raw is not None else None
 
 
 async def _caller(request: Request, deps: Deps, reads: Reads, *, fresh: bool) -> Actor:
@@ -69,8 +66,14 @@ def _may_see(project: dict[str, Any], caller: Actor) -> bool:
     return caller.is_admin or any(m["user_id"] == caller.user_id for m in project["members"])
 
 
+async def _authenticate(request: Request, deps: Deps) -> None:
+    """401 before anything about the request's parameters is said."""
+    await _actor(request, deps)
+
+
 async def _prepare(request: Request, deps: Deps) -> tuple[Reads, Actor, bool]:
-    """The reads, the caller, and whether a consistency token was presented (and waited for)."""
+    """The reads, the caller, and whether a consistency token was presented (and waited for).
+    Call it after the parameters are checked: a bad one is a 422 or 404 without any wait."""
     reads = _reads(deps)
     required = _token(request)
     if required:
@@ -105,6 +108,7 @@ def _answer(request: Request, model: str, entry: Entry, headers: dict[str, str])
 
 
 async def get_me(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     reads, caller, fresh = await _prepare(request, deps)
     entry = await reads.get("users", caller.user_id, fresh=fresh) if _is_uuid(caller.user_id) else None
     if entry is None:
@@ -113,6 +117,7 @@ async def get_me(request: Request, deps: Deps) -> Response:
 
 
 async def get_user(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     user_id = path_uuid(request, "user_id")
     reads, caller, fresh = await _prepare(request, deps)
     authz.self_or_admin(caller, user_id)
@@ -123,6 +128,7 @@ async def get_user(request: Request, deps: Deps) -> Response:
 
 
 async def get_project(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     project_id = path_uuid(request, "project_id")
     reads, caller, fresh = await _prepare(request, deps)
     entry = await reads.get("projects", project_id, fresh=fresh)
@@ -132,6 +138,7 @@ async def get_project(request: Request, deps: Deps) -> Response:
 
 
 async def get_task(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     task_id = path_uuid(request, "task_id")
     reads, caller, fresh = await _prepare(request, deps)
     entry = await reads.get("tasks", task_id, fresh=fresh)
@@ -144,6 +151,7 @@ async def get_task(request: Request, deps: Deps) -> Response:
 
 
 async def list_projects(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     after, limit = _page(request)
     reads, caller, fresh = await _prepare(request, deps)
     items = await queries.list_projects(reads.pool, member=None if caller.is_admin else caller.user_id, after=after, limit=limit + 1)
@@ -151,6 +159,7 @@ async def list_projects(request: Request, deps: Deps) -> Response:
 
 
 async def list_tasks(request: Request, deps: Deps) -> Response:
+    await _authenticate(request, deps)
     project_id = path_uuid(request, "project_id")
     after, limit = _page(request)
     status = request.query_params.get("status")
@@ -172,6 +181,7 @@ async def list_tasks(request: Request, deps: Deps) -> Response:
 
 async def projection_failures(request: Request, deps: Deps) -> Response:
     """Events the projections parked (admins): what is not in the read models, and why."""
+    await _authenticate(request, deps)
     reads, caller, _ = await _prepare(request, deps)
     authz.admin_only(caller)
     include_resolved = request.query_params.get("include_resolved", "false")
@@ -188,9 +198,11 @@ def _list(items: list[tuple[int, dict[str, Any]]], limit: int, headers: dict[str
     return JSONResponse({"items": [view for _, view in page], "next_cursor": next_cursor}, headers={**headers, "Cache-Control": "private, no-cache"})
 
 
+CURSOR_PATTERN = r"^[0-9]{1,18}$"  # what a cursor is; clients pass it back as they got it
+
+
 def _cursor(position: int) -> str:
-    raw = json.dumps({"after": position}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return str(position)
 
 
 def _page(request: Request) -> tuple[int, int]:
@@ -203,13 +215,10 @@ def _page(request: Request) -> tuple[int, int]:
         else:
             limit = int(raw_limit)
     raw_cursor = request.query_params.get("cursor")
-    if raw_cursor:
-        try:
-            decoded = json.loads(base64.urlsafe_b64decode(raw_cursor + "=" * (-len(raw_cursor) % 4)))
-            after = decoded["after"]
-            if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-                raise ValueError
-        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+    if raw_cursor is not None:
+        if re.match(CURSOR_PATTERN, raw_cursor):
+            after = int(raw_cursor)
+        else:
             errors.append({"field": "cursor", "message": "not a cursor returned by this API"})
     if errors:
         raise ValidationFailed("invalid paging parameters", errors=errors)
@@ -225,17 +234,17 @@ def _is_uuid(value: str) -> bool:
 
 
 _TOKEN_PARAMS: tuple[dict[str, Any], ...] = (
-    {"name": consistency.HEADER, "in": "header", "required": False, "schema": {"type": "string", "maxLength": consistency.MAX_TOKEN_LENGTH},
-     "description": "Read your writes: the token of a write answer; the read waits (bounded) until the read models reflect it, else 503"},
-    {"name": consistency.QUERY, "in": "query", "required": False, "schema": {"type": "string", "maxLength": consistency.MAX_TOKEN_LENGTH},
-     "description": "The same as the Consistency-Token header"},
+    {"name": consistency.QUERY, "in": "query", "required": False, "schema": {"type": "string", "pattern": consistency.PATTERN},
+     "description": "Read your writes: the consistency_token of a write answer (also its Consistency-Token header); the read "
+                    "waits, at most READ_CONSISTENCY_TIMEOUT, until the read models reflect it, else 503 with Retry-After"},
 )  # fmt: skip
 _BY_ID_PARAMS = (
     *_TOKEN_PARAMS,
     {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}, "description": "ETag of a copy held: 304 if unchanged"},
 )  # fmt: skip
 _PAGE_PARAMS = (
-    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}, "description": "next_cursor of the previous page"},
+    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+     "description": "next_cursor of the previous page (opaque: pass it back as it came)"},
     {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
 )  # fmt: skip
 _TASK_FILTERS = (

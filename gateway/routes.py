@@ -24,11 +24,12 @@ from gateway.bodies import (
     RegisterUserBody,
     SubmitTaskBody,
     TokenBody,
+    TokenResponse,
     UpdateProjectBody,
     UpdateUserBody,
 )
 from gateway.http import path_uuid, read_body, write_context, written
-from gateway.ratelimit import RedisRateLimiter
+from gateway.ratelimit import RateLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +38,8 @@ class Deps:
     verifier: TokenVerifier
     issuer: TokenIssuer | None
     max_body_bytes: int
-    credentials_limiter: RedisRateLimiter | None = None  # registrations and logins (Argon2)
+    limits: RateLimits | None = None  # per route class, checked for every endpoint by gateway.app
     reads: Any = None  # gateway.readmodels.Reads: the query API (None: this gateway serves no reads)
-
-
-async def _limit_credentials(request: Request, deps: Deps) -> None:
-    if deps.credentials_limiter is not None:
-        await deps.credentials_limiter.check("credentials", request.client.host if request.client else "unknown")
 
 
 Handler = Callable[[Request, Deps], Awaitable[Response]]
@@ -58,9 +54,22 @@ class Endpoint:
     body: type[BaseModel] | None = None
     status: int = 201
     auth: bool = True
+    optional_auth: bool = False  # with auth=False: a token may be sent, and is then checked
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
-    query: tuple[dict[str, Any], ...] = ()  # reads: their parameters, as OpenAPI objects
-    response: type[BaseModel] | None = None  # reads: the answer's model
+    query: tuple[dict[str, Any], ...] = ()  # reads: their query and header parameters, as OpenAPI objects
+    limit: str | None = None  # the rate-limit route class; by default "read" for GET, else "write"
+    body_required: bool = True  # False: the body may be left out entirely (no Content-Type, no bytes)
+    writes: bool | None = None  # takes If-Match, Idempotency-Key, X-Correlation-ID; by default: not GET
+    creates: str | None = None  # the path parameter that the answer's ``id`` fills (OpenAPI links)
+    response: type[BaseModel] | None = None  # the success body in the OpenAPI document; None: Accepted
+
+    @property
+    def route_class(self) -> str:
+        return self.limit or ("read" if self.method in ("GET", "HEAD") else "write")
+
+    @property
+    def is_write(self) -> bool:
+        return self.writes if self.writes is not None else self.method not in ("GET", "HEAD")
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:
@@ -73,7 +82,6 @@ async def _optional_actor(request: Request, deps: Deps) -> Actor | None:
 
 
 async def register_user(request: Request, deps: Deps) -> Response:
-    await _limit_credentials(request, deps)
     actor = await _optional_actor(request, deps)
     body, raw = await read_body(request, RegisterUserBody, deps.max_body_bytes)
     result = await deps.service.register_user(
@@ -84,8 +92,9 @@ async def register_user(request: Request, deps: Deps) -> Response:
 
 
 async def issue_token(request: Request, deps: Deps) -> Response:
-    await _limit_credentials(request, deps)
     body, _ = await read_body(request, TokenBody, deps.max_body_bytes)
+    if deps.limits is not None:
+        await deps.limits.admit_login(request, body.email)
     if deps.issuer is None:
         raise AuthError("this gateway verifies tokens but does not issue them", error=None)
     try:
@@ -178,16 +187,16 @@ async def _optional_body(request: Request, deps: Deps, model: type[Any]) -> tupl
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, errors=(401, 403, 409, 413, 415, 422, 429)),
-    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422, 429)),
+    Endpoint("POST", "/v1/users", register_user, "Register a user", RegisterUserBody, auth=False, optional_auth=True, errors=(401, 403, 409, 413, 415, 422), limit="credentials", creates="user_id"),
+    Endpoint("POST", "/v1/auth/token", issue_token, "Exchange email and password for an access token", TokenBody, status=200, auth=False, errors=(401, 413, 415, 422), limit="credentials", writes=False, response=TokenResponse),
     Endpoint("PATCH", "/v1/users/{user_id}", update_user, "Update a user's profile", UpdateUserBody, status=200),
     Endpoint("POST", "/v1/users/{user_id}/role", change_role, "Change a user's role (admins)", ChangeRoleBody, status=200),
-    Endpoint("POST", "/v1/users/{user_id}/deactivate", deactivate_user, "Deactivate a user", ReasonBody, status=200),
-    Endpoint("POST", "/v1/projects", create_project, "Create a project owned by the caller", CreateProjectBody),
+    Endpoint("POST", "/v1/users/{user_id}/deactivate", deactivate_user, "Deactivate a user", ReasonBody, status=200, body_required=False),
+    Endpoint("POST", "/v1/projects", create_project, "Create a project owned by the caller", CreateProjectBody, creates="project_id"),
     Endpoint("PATCH", "/v1/projects/{project_id}", update_project, "Rename or describe a project", UpdateProjectBody, status=200),
     Endpoint("POST", "/v1/projects/{project_id}/archive", archive_project, "Archive a project", status=200),
     Endpoint("PUT", "/v1/projects/{project_id}/members/{user_id}", put_member, "Add a member or change their role", PutMemberBody, status=200),
     Endpoint("DELETE", "/v1/projects/{project_id}/members/{user_id}", remove_member, "Remove a member", status=200),
-    Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202),
-    Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202),
+    Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202, creates="task_id"),
+    Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202, body_required=False),
 )  # fmt: skip

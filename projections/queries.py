@@ -91,6 +91,16 @@ async def stream_versions(pool: AsyncConnectionPool, streams: Sequence[str]) -> 
     return {s: found.get(s, 0) for s in streams if s.partition("-")[0] in BY_CATEGORY}
 
 
+async def written_versions(pool: AsyncConnectionPool, streams: Sequence[str]) -> dict[str, int]:
+    """The version of each stream in the events table (0: no such stream)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT stream_id, max(version) FROM events WHERE stream_id = ANY(%s) GROUP BY stream_id", (list(streams),)
+        )
+        found = {stream: int(version) for stream, version in await cur.fetchall()}
+    return {s: found.get(s, 0) for s in streams}
+
+
 def models_behind(required: Mapping[str, int], reached: Mapping[str, int]) -> list[str]:
     """The streams whose read model has not reached the required version yet."""
     return [s for s, v in required.items() if s in reached and reached[s] < v]

@@ -77,17 +77,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(app: object, args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
+    from taskstream.wiring import uvicorn_options
+
     # The objects made at start-up live as long as the process: keep them out of the cyclic
     # collector's work, and collect young objects less often (fewer pauses in the tail latency).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 10)
+    options = uvicorn_options(settings)
+    options.update({k: v for k, v in {"host": args.host, "port": args.port, "forwarded_allow_ips": args.forwarded_allow_ips}.items() if v})
     uvicorn.run(
         app,
-        host=args.host or settings.http_host,
-        port=args.port or settings.http_port,
-        proxy_headers=True,
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        **options,  # type: ignore[arg-type]
         log_config=None,  # uvicorn logs through the root handler: the one format (telemetry)
         log_level="info",
         access_log=False,
@@ -230,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-*")
+    serve.add_argument("--forwarded-allow-ips", help="proxies trusted for X-Forwarded-* (default: FORWARDED_ALLOW_IPS, else 127.0.0.1)")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("relay", help="publish stored events to Kafka").set_defaults(func=cmd_relay)
     token = sub.add_parser("token", help="mint an access token (dev stack)")

@@ -14,6 +14,7 @@ from typing import Literal
 
 JwtAlgorithm = Literal["HS256", "RS256"]
 BlobBackend = Literal["local", "s3"]
+RateLimitFailureMode = Literal["open", "closed"]
 
 
 class SettingsError(ValueError):
@@ -37,7 +38,15 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_body_bytes: int = 1_048_576
-    auth_rate_limit_per_minute: int = 30  # registrations and logins per client address; 0: off
+    # Rate limits (GCRA in Redis, see gateway.ratelimit); 0 turns one off.
+    auth_rate_limit_per_minute: int = 30  # registrations and logins per client address (IPv6: per /64)
+    auth_account_rate_limit_per_hour: int = 20  # logins per account, from any address
+    rate_limit_write_per_minute: int = 600  # writes per principal (token subject, else address)
+    rate_limit_read_per_minute: int = 1200  # reads per principal
+    rate_limit_failure_mode: RateLimitFailureMode = "open"  # Redis down: let through, or answer 503
+    # Peers whose X-Forwarded-For/-Proto uvicorn believes (comma-separated IPs or CIDRs, "*" for
+    # all): only the proxy in front of the gateway, else clients choose their own address.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     jwt_algorithm: JwtAlgorithm = "HS256"
     jwt_secret: str | None = field(default=None, repr=False)
@@ -86,6 +95,11 @@ class Settings:
             "http_port": ("HTTP_PORT", int),
             "max_body_bytes": ("MAX_BODY_BYTES", int),
             "auth_rate_limit_per_minute": ("AUTH_RATE_LIMIT_PER_MINUTE", int),
+            "auth_account_rate_limit_per_hour": ("AUTH_ACCOUNT_RATE_LIMIT_PER_HOUR", int),
+            "rate_limit_write_per_minute": ("RATE_LIMIT_WRITE_PER_MINUTE", int),
+            "rate_limit_read_per_minute": ("RATE_LIMIT_READ_PER_MINUTE", int),
+            "rate_limit_failure_mode": ("RATE_LIMIT_FAILURE_MODE", _choice("open", "closed")),
+            "forwarded_allow_ips": ("FORWARDED_ALLOW_IPS", str),
             "jwt_algorithm": ("JWT_ALGORITHM", _choice("HS256", "RS256")),
             "jwt_secret": ("JWT_SECRET", str),
             "jwt_private_key_file": ("JWT_PRIVATE_KEY_FILE", Path),

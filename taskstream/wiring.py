@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +24,9 @@ from schemas.catalog import public_data
 from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings
 from taskstream.telemetry import register_disk_metrics, register_pool_metrics, serve_metrics
+
+if TYPE_CHECKING:
+    from gateway.ratelimit import RateLimits
 
 log = logging.getLogger("taskstream")
 
@@ -133,16 +137,12 @@ def build_gateway(settings: Settings) -> Starlette:
     from commands.service import Service
     from gateway.app import create_app
     from gateway.auth import build_auth
-    from gateway.ratelimit import RedisRateLimiter
     from gateway.routes import Deps
 
     pool = make_pool(settings.database_url, min_size=4, max_size=20)
     store = PostgresEventStore(pool)
     issuer, verifier = build_auth(settings)
     redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-    limiter = None
-    if settings.auth_rate_limit_per_minute > 0:
-        limiter = RedisRateLimiter(redis_client, limit=settings.auth_rate_limit_per_minute, window_seconds=60)
     registry = process_registry(settings, pool)
     reads, invalidations = build_reads(settings, pool, redis_client, registry)
     deps = Deps(
@@ -150,7 +150,7 @@ def build_gateway(settings: Settings) -> Starlette:
         verifier=verifier,
         issuer=issuer,
         max_body_bytes=settings.max_body_bytes,
-        credentials_limiter=limiter,
+        limits=rate_limits(settings, redis_client),
         reads=reads,
     )
 
@@ -197,6 +197,34 @@ def build_reads(settings: Settings, pool: object, redis_client: Redis, registry:
     reads = Reads(pool, cache, near, LagMeter(pool, list(MODELS.values())),  # type: ignore[arg-type]
                   consistency_timeout=settings.read_consistency_timeout, registry=registry)  # fmt: skip
     return reads, invalidations
+
+
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """How uvicorn serves the gateway. Forwarded headers (X-Forwarded-For/-Proto) are believed
+    only from ``forwarded_allow_ips``: from any other peer they are ignored, so the rate limits
+    and logs see the real peer address, whatever a client writes in them."""
+    return {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
+
+
+def rate_limits(settings: Settings, redis_client: Redis) -> RateLimits | None:
+    """The gateway's policies per route class from the settings (a quota of 0 is no limit)."""
+    from gateway.ratelimit import Policy, RateLimits, RedisRateLimiter
+
+    quotas = {
+        "credentials": (settings.auth_rate_limit_per_minute, 60),
+        "login-account": (settings.auth_account_rate_limit_per_hour, 3600),
+        "write": (settings.rate_limit_write_per_minute, 60),
+        "read": (settings.rate_limit_read_per_minute, 60),
+    }
+    policies = {name: Policy(name, quota, window) for name, (quota, window) in quotas.items() if quota > 0}
+    if not policies:
+        return None
+    return RateLimits(RedisRateLimiter(redis_client, failure_mode=settings.rate_limit_failure_mode), policies)
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:

@@ -35,6 +35,9 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         projector_session_timeout=3.0,
         metrics_port=0,  # /metrics of relays and projectors on free ports
         read_consistency_timeout=15.0,  # generous: the machine is shared; the 503 test uses its own gateway
+        auth_account_rate_limit_per_hour=100_000,
+        rate_limit_write_per_minute=100_000,
+        rate_limit_read_per_minute=100_000,
     )
 
 

@@ -127,3 +127,9 @@ async def test_nul_characters_and_nan_are_refused_with_422(client: httpx.AsyncCl
     raw = b'{"kind": "x", "payload": {"n": NaN}}'
     assert_problem(await client.post(f"/v1/projects/{project}/tasks", content=raw, headers={**user.auth, "Content-Type": "application/json"}), 422)
     assert_problem(await client.post("/v1/users", json={"email": "a\x00@example.org", "display_name": "N", "password": "password-1"}), 422)
+
+
+async def test_405_lists_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    response = await client.patch(f"/v1/projects/{uuid.uuid4()}/members/{uuid.uuid4()}", json={})
+    assert_problem(response, 405)
+    assert sorted(m.strip() for m in response.headers["allow"].split(",")) == ["DELETE", "PUT"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import uuid
 from dataclasses import replace
 
@@ -34,7 +32,7 @@ async def test_a_task_reads_back_with_the_token_at_once(client: httpx.AsyncClien
     token = submitted.headers["Consistency-Token"]
     assert submitted.json()["consistency_token"] == token
     task_id = submitted.json()["id"]
-    answer = await client.get(f"/v1/tasks/{task_id}", headers={**owner.auth, "Consistency-Token": token})
+    answer = await client.get(f"/v1/tasks/{task_id}", params={"consistency_token": token}, headers=owner.auth)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["id"] == task_id and body["status"] == "queued" and body["payload"] == {"n": 1}
@@ -63,13 +61,13 @@ async def test_visibility_is_the_same_as_for_writes(client: httpx.AsyncClient, n
     owner, stranger, admin = await new_user(), await new_user(), await new_user("admin")
     project_id = await new_project(owner)
     submitted = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo"}, headers=owner.auth)
-    token = {"Consistency-Token": submitted.headers["Consistency-Token"]}
+    token = {"consistency_token": submitted.headers["Consistency-Token"]}
     task_id = submitted.json()["id"]
     for path in (f"/v1/projects/{project_id}", f"/v1/tasks/{task_id}", f"/v1/projects/{project_id}/tasks"):
-        assert (await client.get(path, headers={**stranger.auth, **token})).status_code == 404, path
-        assert (await client.get(path, headers={**admin.auth, **token})).status_code == 200, path
+        assert (await client.get(path, params=token, headers=stranger.auth)).status_code == 404, path
+        assert (await client.get(path, params=token, headers=admin.auth)).status_code == 200, path
     assert (await client.get(f"/v1/users/{owner.id}", headers=stranger.auth)).status_code == 404
-    me = await client.get("/v1/users/me", headers={**owner.auth, **token})
+    me = await client.get("/v1/users/me", params=token, headers=owner.auth)
     assert me.status_code == 200 and me.json()["id"] == owner.id and "password_hash" not in me.text
 
 
@@ -80,41 +78,52 @@ async def test_lists_page_with_stable_cursors_and_refuse_unknown_filters(client:
     for n in range(5):
         r = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo" if n % 2 else "sleep", "payload": {"n": n}}, headers=owner.auth)
         ids.append(r.json()["id"])
-    token = {"Consistency-Token": r.headers["Consistency-Token"]}
+    token = {"consistency_token": r.headers["Consistency-Token"]}
     seen, cursor = [], None
     while True:
-        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = await client.get(f"/v1/projects/{project_id}/tasks", params=params, headers={**owner.auth, **token})
+        params = {"limit": 2, **token, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(f"/v1/projects/{project_id}/tasks", params=params, headers=owner.auth)
         assert page.status_code == 200, page.text
         seen += [t["id"] for t in page.json()["items"]]
         cursor = page.json()["next_cursor"]
         if cursor is None:
             break
     assert seen == ids
-    echo = await client.get(f"/v1/projects/{project_id}/tasks", params={"kind": "echo"}, headers={**owner.auth, **token})
+    echo = await client.get(f"/v1/projects/{project_id}/tasks", params={"kind": "echo", **token}, headers=owner.auth)
     assert [t["id"] for t in echo.json()["items"]] == ids[1::2]
     for bad in ({"status": "done"}, {"kind": "Bad Kind"}, {"limit": 0}, {"limit": 201}, {"cursor": "%%%"}):
         answer = await client.get(f"/v1/projects/{project_id}/tasks", params=bad, headers=owner.auth)
         assert answer.status_code == 422, (bad, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json")
-    projects = await client.get("/v1/projects", headers={**owner.auth, **token})
+    projects = await client.get("/v1/projects", params=token, headers=owner.auth)
     assert [p["id"] for p in projects.json()["items"]] == [project_id]
 
 
 async def test_a_bad_token_is_422_and_an_unreachable_one_is_503(
-    client: httpx.AsyncClient, new_user, new_project, gateway_settings: Settings  # noqa: ANN001
+    client: httpx.AsyncClient, new_user, new_project, gateway_settings: Settings, store  # noqa: ANN001
 ) -> None:
+    from schemas.envelope import NO_STREAM, NewEvent
+
     owner = await new_user()
     project_id = await new_project(owner)
-    bad = await client.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": "not-a-token"})
+    bad = await client.get(f"/v1/projects/{project_id}", params={"consistency_token": "not-a-token"}, headers=owner.auth)
     assert bad.status_code == 422
-    future = base64.urlsafe_b64encode(json.dumps({"s": {f"project-{project_id}": 99}, "p": 0}).encode()).decode()
+    never = await client.get(f"/v1/projects/{project_id}", params={"consistency_token": f"project-{project_id}:99"}, headers=owner.auth)
+    assert never.status_code == 422 and "do not exist" in never.text  # version 99 was never written
+    # Real writes the read model cannot reach: a task stream whose first event cannot be applied
+    # (a start without a submission: parked), so nothing of it shows. The token names its third.
+    stuck = uuid.uuid4()
+    stream = f"task-{stuck}"
+    started = {"task_id": str(stuck), "worker_id": "w", "attempt": 1}
+    await store.append(stream, NO_STREAM, [NewEvent("task.started", started)])
+    await store.append(stream, 1, [NewEvent("task.cancelled", {"task_id": str(stuck), "reason": ""})])
+    await store.append(stream, 2, [NewEvent("task.cancelled", {"task_id": str(stuck), "reason": ""})])
     impatient = replace(gateway_settings, http_port=embedded.free_port(), read_consistency_timeout=0.3)
     async with serve_gateway(impatient) as url, httpx.AsyncClient(base_url=url) as other:
-        late = await other.get(f"/v1/projects/{project_id}", headers={**owner.auth, "Consistency-Token": future})
+        late = await other.get(f"/v1/projects/{project_id}", params={"consistency_token": f"{stream}:3"}, headers=owner.auth)
     assert late.status_code == 503
     assert late.headers["Retry-After"] == "1"
-    assert late.json()["streams_behind"] == [f"project-{project_id}"]
+    assert late.json()["streams_behind"] == [stream]
 
 
 async def test_admins_see_the_parked_events_others_may_not(client: httpx.AsyncClient, new_user, store) -> None:  # noqa: ANN001
@@ -145,7 +154,7 @@ async def test_the_openapi_document_describes_the_reads(client: httpx.AsyncClien
         assert "get" in paths[path], path
     listing = paths["/v1/projects/{project_id}/tasks"]["get"]
     names = {p["name"] for p in listing["parameters"]}
-    assert {"project_id", "status", "kind", "cursor", "limit", "Consistency-Token", "consistency_token"} <= names
+    assert {"project_id", "status", "kind", "cursor", "limit", "consistency_token"} <= names
     status = next(p for p in listing["parameters"] if p["name"] == "status")
     assert status["schema"]["enum"] == ["queued", "running", "succeeded", "failed", "cancelled"]
     by_id = paths["/v1/tasks/{task_id}"]["get"]

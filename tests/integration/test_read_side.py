@@ -82,7 +82,7 @@ async def test_write_through_http_then_read_back_with_and_without_the_token(sett
         project_id = created.json()["id"]
         submitted = await client.post(f"/v1/projects/{project_id}/tasks", json={"kind": "echo"}, headers=admin)
         task_id, token = submitted.json()["id"], submitted.headers["Consistency-Token"]
-        now = await client.get(f"/v1/tasks/{task_id}", headers={**admin, "Consistency-Token": token})
+        now = await client.get(f"/v1/tasks/{task_id}", params={"consistency_token": token}, headers=admin)
         assert now.status_code == 200 and now.json()["status"] == "queued"
         listed = await client.get(f"/v1/projects/{project_id}/tasks", params={"consistency_token": token}, headers=admin)
         assert [t["id"] for t in listed.json()["items"]] == [task_id]
@@ -222,16 +222,16 @@ async def test_redis_down_then_back_reads_work_and_nothing_stale_is_served(setti
         async with serve_gateway(settings) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
             created = await client.post("/v1/projects", json={"name": "before"}, headers=admin)
             project_id = created.json()["id"]
-            token = {"Consistency-Token": created.headers["Consistency-Token"]}
-            assert (await client.get(f"/v1/projects/{project_id}", headers={**admin, **token})).status_code == 200
+            token = {"consistency_token": created.headers["Consistency-Token"]}
+            assert (await client.get(f"/v1/projects/{project_id}", params=token, headers=admin)).status_code == 200
             async with asyncio.timeout(20):  # cached (Redis and near-cache) without a token
                 while await read_name(client, project_id, admin) != "before":
                     await asyncio.sleep(0.05)
             valkey.stop()
             renamed = await client.patch(f"/v1/projects/{project_id}", json={"name": "during"}, headers=admin)
             assert renamed.status_code == 200  # writes do not need Redis
-            token = {"Consistency-Token": renamed.headers["Consistency-Token"]}
-            assert (await client.get(f"/v1/projects/{project_id}", headers={**admin, **token})).json()["name"] == "during"
+            token = {"consistency_token": renamed.headers["Consistency-Token"]}
+            assert (await client.get(f"/v1/projects/{project_id}", params=token, headers=admin)).json()["name"] == "during"
             async with asyncio.timeout(20):
                 while await read_name(client, project_id, admin) != "during":
                     await asyncio.sleep(0.05)

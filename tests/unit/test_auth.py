@@ -301,7 +301,7 @@ async def test_bad_claims_are_refused(overrides: dict[str, Any], reason: str) ->
 
 async def test_audience_list_containing_ours_is_accepted() -> None:
     _, verifier = hs_issuer_and_verifier()
-    token = craft({"alg": "HS256"}, valid_claims(aud=["other", "taskstream-api"]), SECRET.encode())
+    token = craft({"alg": "HS256", "typ": "JWT"}, valid_claims(aud=["other", "taskstream-api"]), SECRET.encode())
     assert (await verifier.verify(token)).subject == "user-1"
 
 
@@ -460,7 +460,7 @@ async def test_remote_jwks_failure_keeps_the_last_good_keys(rsa_files: RsaFiles,
 async def test_remote_jwks_unavailable_without_cache_backs_off() -> None:
     fetch, clock = FakeFetch(httpx.ConnectError("down")), FakeClock()
     verifier = remote_verifier(RemoteJwks("https://keys.example/jwks.json", fetch=fetch, clock=clock))
-    token = craft({"alg": "RS256"}, valid_claims(), None)
+    token = craft({"alg": "RS256", "typ": "JWT"}, valid_claims(), None)
     for _ in range(2):
         with pytest.raises(SigningKeysUnavailable):
             await verifier.verify(token)
@@ -534,3 +534,58 @@ def test_principal_is_frozen() -> None:
     with pytest.raises(AttributeError):
         principal.role = "admin"  # type: ignore[misc]
     assert replace(principal, role="admin").role == "admin"
+
+
+# --- token type and key strength ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("typ", [None, "JWS", "id_token+jwt", "secevent+jwt", 7, ""])
+async def test_a_token_of_another_type_is_refused(typ: Any) -> None:
+    _, verifier = hs_issuer_and_verifier()
+    header = {"alg": "HS256"} if typ is None else {"alg": "HS256", "typ": typ}
+    assert (await refused(verifier, craft(header, valid_claims(), SECRET.encode()))).reason == "token type not accepted"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/at+JWT"])
+async def test_access_token_types_are_accepted(typ: str) -> None:
+    _, verifier = hs_issuer_and_verifier()
+    principal = await verifier.verify(craft({"alg": "HS256", "typ": typ}, valid_claims(), SECRET.encode()))
+    assert principal.subject == "user-1"
+
+
+def _rsa_jwk(bits: int, kid: str) -> tuple[Any, dict[str, Any]]:
+    """A private key (cryptography) and its public JWK, built without joserfc (it warns on weak keys)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    numbers = key.public_key().public_numbers()
+
+    def b64int(value: int) -> str:
+        return b64(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+    return key, {"kty": "RSA", "kid": kid, "n": b64int(numbers.n), "e": b64int(numbers.e)}
+
+
+def _rs256(key: Any, header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
+
+
+def test_jwks_keys_below_the_minimum_size_are_refused() -> None:
+    _, weak = _rsa_jwk(1024, "weak")
+    with pytest.raises(ValueError, match="at least 2048 bits"):
+        import_jwks({"keys": [weak]})
+    _, strong = _rsa_jwk(2048, "strong")
+    assert [k.kid for k in import_jwks({"keys": [weak, strong]}).keys] == ["strong"]
+
+
+async def test_a_token_signed_by_a_weak_jwks_key_is_refused() -> None:
+    from gateway.auth import StaticKeys
+
+    weak_private, weak = _rsa_jwk(1024, "weak")
+    strong_private, strong = _rsa_jwk(2048, "strong")
+    verifier = TokenVerifier(StaticKeys(import_jwks({"keys": [weak, strong]})), algorithm="RS256", issuer="taskstream", audience="taskstream-api")
+    assert (await verifier.verify(_rs256(strong_private, {"alg": "RS256", "typ": "JWT", "kid": "strong"}, valid_claims()))).subject == "user-1"
+    token = _rs256(weak_private, {"alg": "RS256", "typ": "JWT", "kid": "weak"}, valid_claims())
+    assert (await refused(verifier, token)).reason == "unknown signing key"

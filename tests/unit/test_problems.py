@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from commands.errors import ValidationFailed
 from gateway.auth import AuthError
 from gateway.problems import (
     GENERIC_DETAIL,
@@ -109,10 +110,32 @@ def test_validation_failed_is_422_with_errors() -> None:
     data = body(response)
     assert response.status_code == 422
     assert data["type"] == "https://taskstream.dev/problems/validation-failed"
-    assert data["title"] == "Unprocessable Content"
+    assert data["title"] == ValidationFailed.title  # one title per problem type, whoever raises it
     assert {"field": "coupon", "message": "Extra inputs are not permitted", "type": "extra_forbidden"} in data["errors"]
     listed = validation_failed([{"field": "name", "message": "too long"}], "bad name")
     assert body(listed)["errors"] == [{"field": "name", "message": "too long"}]
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+def test_each_problem_type_has_one_title() -> None:
+    """Every error class the gateway can answer with, and the gateway's own validation answer."""
+    import commands.errors
+    import gateway.auth
+    import gateway.http
+    import gateway.ratelimit
+
+    titles: dict[str, set[str]] = {}
+    classes = _subclasses(commands.errors.DomainError)
+    for module in (gateway.auth, gateway.http, gateway.ratelimit):
+        classes += [c for c in vars(module).values() if isinstance(c, type) and isinstance(getattr(c, "slug", None), str)]
+    for cls in classes:
+        titles.setdefault(cls.slug, set()).add(cls.title)
+    titles.setdefault("validation-failed", set()).add(body(validation_failed(order_error()))["title"])
+    assert len(titles) > 10
+    assert {slug: t for slug, t in titles.items() if len(t) > 1} == {}
 
 
 def test_internal_error_is_generic_and_carries_the_trace_id() -> None:
