@@ -27,6 +27,11 @@ class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = "events."
     kafka_client_id: str = "taskstream"
+    # Topics the relay creates. Dev: 1 and 1 (one broker). Production, 3+ brokers: replication
+    # factor 3 and min.insync.replicas 2, so acks=all means two copies before an ack.
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
 
     blob_backend: BlobBackend = "local"
     blob_dir: Path = Path(".taskstream/blobs")
@@ -50,6 +55,8 @@ class Settings:
 
     relay_batch_size: int = 500
     relay_checkpoint_name: str = "relay"
+    relay_log_check_interval: float = 2.0  # seconds between checks that the broker kept its log
+    relay_leader_retry_seconds: float = 1.0  # how often a waiting relay tries for leadership
     command_retries: int = 3
     dev_mode: bool = False
 
@@ -82,6 +89,11 @@ class Settings:
             "jwt_audience": ("JWT_AUDIENCE", str),
             "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
             "relay_batch_size": ("RELAY_BATCH_SIZE", int),
+            "kafka_partitions": ("KAFKA_PARTITIONS", int),
+            "kafka_replication_factor": ("KAFKA_REPLICATION_FACTOR", int),
+            "kafka_min_insync_replicas": ("KAFKA_MIN_INSYNC_REPLICAS", int),
+            "relay_log_check_interval": ("RELAY_LOG_CHECK_INTERVAL", float),
+            "relay_leader_retry_seconds": ("RELAY_LEADER_RETRY_SECONDS", float),
             "command_retries": ("COMMAND_RETRIES", int),
         }
         for name, (var, cast) in casts.items():

@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from functools import partial
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import ensure_topics, make_producer
+from event_store.kafka import KafkaLog, KafkaTopics, TopicSettings, partition_for
+from event_store.leadership import leadership
 from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
@@ -22,6 +24,7 @@ from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings
 
 log = logging.getLogger("taskstream")
+T = TypeVar("T")
 
 
 def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
@@ -34,8 +37,8 @@ def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+    """Wait for leadership, publish while it holds, wait again if it is lost; until ``stop``."""
     store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=4)
-    producer = make_producer(settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-relay")
     lag = relay_lag_histogram()
 
     def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
@@ -43,36 +46,71 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
             lag.observe(max(0.0, acked_at - event.recorded_at.timestamp()))
 
     try:
-        while not stop.is_set():  # the broker may come up after us
-            try:
-                await producer.start()
-                break
-            except Exception as exc:  # noqa: BLE001 - any start failure is retried
-                log.warning("relay: broker %s not reachable yet: %r", settings.kafka_bootstrap_servers, exc)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-        else:
-            return
-        relay = Relay(
-            store,
-            Checkpoints(store.pool),
-            producer,
-            RelayConfig(
-                topic_prefix=settings.kafka_topic_prefix,
-                checkpoint_name=settings.relay_checkpoint_name,
-                batch_size=settings.relay_batch_size,
-            ),
-            ensure_topics=partial(ensure_topics, settings.kafka_bootstrap_servers),
-            observe=observe,
-            redact=public_data,
-        )
-        started = time.monotonic()
-        await relay.run(stop)
-        log.info("relay stopped at position %d after %.0f s", relay.position, time.monotonic() - started)
+        while not stop.is_set():
+            async with contextlib.AsyncExitStack() as stack:
+                lease = await _until_stopped(
+                    stack.enter_async_context(
+                        leadership(settings.database_url, settings.relay_checkpoint_name,
+                                   retry_interval=settings.relay_leader_retry_seconds)
+                    ),
+                    stop,
+                )  # fmt: skip
+                if lease is None:
+                    return
+                relay = build_relay(settings, store, observe=observe, fence=lease.check)
+                halt = asyncio.Event()
+                watchers = [asyncio.create_task(_relay_event(e, halt)) for e in (stop, lease.lost)]
+                started = time.monotonic()
+                try:
+                    await relay.run(halt)
+                finally:
+                    for watcher in watchers:
+                        watcher.cancel()
+                log.info("relay stopped at position %d after %.0f s", relay.position, time.monotonic() - started)
     finally:
-        with contextlib.suppress(Exception):
-            await producer.stop()
         await store.close()
+
+
+def build_relay(settings: Settings, store: PostgresEventStore, **kwargs: object) -> Relay:
+    bootstrap = settings.kafka_bootstrap_servers
+    return Relay(
+        store,
+        Checkpoints(store.pool),
+        partial(KafkaLog.connect, bootstrap, f"{settings.kafka_client_id}-relay"),
+        RelayConfig(
+            topic_prefix=settings.kafka_topic_prefix,
+            checkpoint_name=settings.relay_checkpoint_name,
+            batch_size=settings.relay_batch_size,
+            log_check_interval=settings.relay_log_check_interval,
+        ),
+        partitioner=partition_for,
+        topics=KafkaTopics(bootstrap, topic_settings(settings)),
+        redact=public_data,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def topic_settings(settings: Settings) -> TopicSettings:
+    return TopicSettings(settings.kafka_partitions, settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
+
+
+async def _relay_event(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``awaitable``'s result, or None (it is cancelled) if ``stop`` is set first."""
+    task = asyncio.ensure_future(awaitable)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 def build_gateway(settings: Settings) -> Starlette:
