@@ -66,9 +66,18 @@ class RequestContext:
             self.latency.labels(method, route).observe(time.perf_counter() - started)
 
 
-def _route(endpoint: Endpoint, deps: Deps) -> Route:
+def _route(endpoint: Endpoint, deps: Deps, timeout: float | None) -> Route:
     async def handle(request: Request) -> Response:
-        return await endpoint.handler(request, deps)
+        if timeout is None:
+            return await endpoint.handler(request, deps)
+        try:
+            async with asyncio.timeout(timeout):
+                return await endpoint.handler(request, deps)
+        except TimeoutError:
+            trace_id = current_trace_id(request)
+            log.error("request deadline (%.1f s) passed trace_id=%s", timeout, trace_id)
+            return problem(503, "Service Unavailable", "the request took too long; retry later", "unavailable",
+                           headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
 
     handle.__name__ = endpoint.handler.__name__
     return Route(endpoint.path, handle, methods=[endpoint.method])
@@ -80,7 +89,9 @@ def create_app(
     readiness: dict[str, ReadinessCheck] | None = None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
     registry: CollectorRegistry | None = None,
+    request_timeout: float | None = None,
 ) -> Starlette:
+    """``request_timeout``: each API request's deadline in seconds (503 + Retry-After after it)."""
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
     document = openapi_document(ENDPOINTS)
@@ -120,7 +131,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *(_route(e, deps) for e in ENDPOINTS),
+        *(_route(e, deps, request_timeout) for e in ENDPOINTS),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         trace_id = current_trace_id(request)

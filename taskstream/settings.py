@@ -58,6 +58,12 @@ class Settings:
     relay_log_check_interval: float = 2.0  # seconds between checks that the broker kept its log
     relay_leader_retry_seconds: float = 1.0  # how often a waiting relay tries for leadership
     command_retries: int = 3
+    # Bounded waits (see event_store/postgres.py make_pool): a session that holds the append lock
+    # makes appends fail with 503 + Retry-After after db_lock_timeout_ms instead of hanging.
+    db_lock_timeout_ms: int = 5_000
+    db_statement_timeout_ms: int = 15_000
+    db_pool_timeout_seconds: float = 5.0
+    http_request_timeout_seconds: float = 20.0  # an HTTP request's deadline: 503 + Retry-After after it
     dev_mode: bool = False
 
     @classmethod
@@ -95,6 +101,10 @@ class Settings:
             "relay_log_check_interval": ("RELAY_LOG_CHECK_INTERVAL", float),
             "relay_leader_retry_seconds": ("RELAY_LEADER_RETRY_SECONDS", float),
             "command_retries": ("COMMAND_RETRIES", int),
+            "db_lock_timeout_ms": ("DB_LOCK_TIMEOUT_MS", int),
+            "db_statement_timeout_ms": ("DB_STATEMENT_TIMEOUT_MS", int),
+            "db_pool_timeout_seconds": ("DB_POOL_TIMEOUT_SECONDS", float),
+            "http_request_timeout_seconds": ("HTTP_REQUEST_TIMEOUT_SECONDS", float),
         }
         for name, (var, cast) in casts.items():
             raw = env.get(var)

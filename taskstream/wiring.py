@@ -38,7 +38,10 @@ def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """Wait for leadership, publish while it holds, wait again if it is lost; until ``stop``."""
-    store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=4)
+    store = await PostgresEventStore.connect(
+        settings.database_url, min_size=1, max_size=4, lock_timeout_ms=settings.db_lock_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )  # fmt: skip
     lag = relay_lag_histogram()
 
     def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
@@ -121,7 +124,10 @@ def build_gateway(settings: Settings) -> Starlette:
     from gateway.ratelimit import RedisRateLimiter
     from gateway.routes import Deps
 
-    pool = make_pool(settings.database_url, min_size=4, max_size=20)
+    pool = make_pool(
+        settings.database_url, min_size=4, max_size=20, lock_timeout_ms=settings.db_lock_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms, wait_timeout=settings.db_pool_timeout_seconds,
+    )  # fmt: skip
     store = PostgresEventStore(pool)
     issuer, verifier = build_auth(settings)
     redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
@@ -152,7 +158,10 @@ def build_gateway(settings: Settings) -> Starlette:
             await store.close()
             await redis_client.aclose()
 
-    return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan)
+    return create_app(
+        deps, readiness={"database": database, "broker": broker}, lifespan=lifespan,
+        request_timeout=settings.http_request_timeout_seconds,
+    )  # fmt: skip
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:

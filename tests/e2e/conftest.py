@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -31,10 +32,11 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
     )
 
 
-@pytest.fixture(scope="session")
-async def gateway_url(gateway_settings: Settings) -> AsyncIterator[str]:
-    app = build_gateway(gateway_settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=gateway_settings.http_port, log_level="warning", lifespan="on")
+@contextlib.asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[str]:
+    """A gateway built from ``settings``, served by uvicorn on its port; yields its URL."""
+    app = build_gateway(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(15):
@@ -42,9 +44,17 @@ async def gateway_url(gateway_settings: Settings) -> AsyncIterator[str]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{gateway_settings.http_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    try:
+        yield f"http://127.0.0.1:{settings.http_port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(gateway_settings: Settings) -> AsyncIterator[str]:
+    async with served(gateway_settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
