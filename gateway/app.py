@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -90,8 +91,11 @@ def create_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
     registry: CollectorRegistry | None = None,
     request_timeout: float | None = None,
+    fingerprint_key: bytes | None = None,
 ) -> Starlette:
-    """``request_timeout``: each API request's deadline in seconds (503 + Retry-After after it)."""
+    """``request_timeout``: each API request's deadline in seconds (503 + Retry-After after it).
+    ``fingerprint_key``: the HMAC key of idempotency fingerprints (commands/fingerprints.py);
+    every gateway of a deployment needs the same one. None: a random key for this app only."""
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
     document = openapi_document(ENDPOINTS)
@@ -140,6 +144,7 @@ def create_app(
                        headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
 
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.fingerprint_key = fingerprint_key or secrets.token_bytes(32)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_middleware(RequestContext, registry=registry)

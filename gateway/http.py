@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -14,6 +13,7 @@ from starlette.responses import JSONResponse
 
 from commands.authz import Actor
 from commands.errors import NotFound, ValidationFailed
+from commands.fingerprints import request_fingerprint
 from commands.handler import WriteContext, Written
 from schemas.envelope import Metadata
 
@@ -119,11 +119,9 @@ def write_context(request: Request, actor: Actor | None, raw_body: bytes) -> Wri
     scoped_key = None
     if key is not None:
         scoped_key = f"{who}:{key}"
-        digest = hashlib.sha256()
-        for part in (request.method, request.url.path, request.headers.get("if-match", ""), raw_body):
-            digest.update(part if isinstance(part, bytes) else part.encode())
-            digest.update(b"\0")
-        fingerprint = digest.hexdigest()
+        fingerprint = request_fingerprint(
+            request.app.state.fingerprint_key, request.method, request.url.path, request.headers.get("if-match", ""), raw_body
+        )
     metadata = Metadata(
         actor=actor.user_id if actor else None,
         correlation_id=request.headers.get("x-correlation-id") or request_id,

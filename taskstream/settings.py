@@ -53,6 +53,12 @@ class Settings:
     jwt_audience: str = "taskstream-api"
     jwt_ttl_seconds: int = 3600
 
+    # Idempotency records: fingerprints are HMACs under this secret (default: derived from an
+    # HS256 JWT_SECRET; required otherwise outside the dev stack), kept this long, then deleted.
+    idempotency_secret: str | None = field(default=None, repr=False)
+    idempotency_retention_hours: float = 24.0
+    idempotency_cleanup_interval_seconds: float = 600.0
+
     relay_batch_size: int = 500
     relay_checkpoint_name: str = "relay"
     relay_log_check_interval: float = 2.0  # seconds between checks that the broker kept its log
@@ -95,6 +101,9 @@ class Settings:
             "jwt_audience": ("JWT_AUDIENCE", str),
             "jwt_ttl_seconds": ("JWT_TTL_SECONDS", int),
             "relay_batch_size": ("RELAY_BATCH_SIZE", int),
+            "idempotency_secret": ("IDEMPOTENCY_SECRET", str),
+            "idempotency_retention_hours": ("IDEMPOTENCY_RETENTION_HOURS", float),
+            "idempotency_cleanup_interval_seconds": ("IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS", float),
             "kafka_partitions": ("KAFKA_PARTITIONS", int),
             "kafka_replication_factor": ("KAFKA_REPLICATION_FACTOR", int),
             "kafka_min_insync_replicas": ("KAFKA_MIN_INSYNC_REPLICAS", int),

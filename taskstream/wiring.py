@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
+from datetime import timedelta
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -15,13 +17,14 @@ from redis.asyncio import Redis
 from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
+from event_store.idempotency import expiring
 from event_store.kafka import KafkaLog, KafkaTopics, TopicSettings, partition_for
 from event_store.leadership import leadership
 from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
 from schemas.envelope import RecordedEvent
-from taskstream.settings import Settings
+from taskstream.settings import Settings, SettingsError
 
 log = logging.getLogger("taskstream")
 T = TypeVar("T")
@@ -153,15 +156,31 @@ def build_gateway(settings: Settings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)
         try:
-            yield
+            retention = timedelta(hours=settings.idempotency_retention_hours)
+            async with expiring(pool, retention, settings.idempotency_cleanup_interval_seconds):
+                yield
         finally:
             await store.close()
             await redis_client.aclose()
 
     return create_app(
         deps, readiness={"database": database, "broker": broker}, lifespan=lifespan,
-        request_timeout=settings.http_request_timeout_seconds,
+        request_timeout=settings.http_request_timeout_seconds, fingerprint_key=fingerprint_key(settings),
     )  # fmt: skip
+
+
+def fingerprint_key(settings: Settings) -> bytes:
+    """IDEMPOTENCY_SECRET; else derived from an HS256 JWT_SECRET; else, in the dev stack only,
+    a key for this process."""
+    from commands.fingerprints import derive_key
+
+    if settings.idempotency_secret:
+        return derive_key(settings.idempotency_secret)
+    if settings.jwt_algorithm == "HS256" and settings.jwt_secret:
+        return derive_key(settings.jwt_secret)
+    if settings.dev_mode:
+        return secrets.token_bytes(32)
+    raise SettingsError("IDEMPOTENCY_SECRET is not set (needed with RS256 tokens; the same in every gateway)")
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:
