@@ -24,10 +24,13 @@ from taskstream.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class DevPorts:
+    """Defaults below 32768, outside Linux's ephemeral range (32768-60999): a port there can be
+    held in TIME_WAIT by an outgoing connection the kernel gave it, and refuse a restart."""
+
     http: int = 8000
-    postgres: int = 55432
-    redis: int = 56379
-    kafka: int = 59092
+    postgres: int = 15432
+    redis: int = 16379
+    kafka: int = 19092
 
     @classmethod
     def from_env(cls) -> DevPorts:
