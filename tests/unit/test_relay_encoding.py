@@ -65,4 +65,3 @@ def test_private_fields_are_left_out_of_published_events() -> None:
     assert "password_hash" not in published["data"] and published["data"]["email"] == "a@b.co"
     other = event(type="task.submitted", data={"kind": "x"})
     assert redacted(other, public_data) is other
-
