@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskstream import embedded
+from taskstream import dbroles, embedded
 from taskstream.migrate import upgrade
 from taskstream.settings import Settings
 
@@ -98,11 +98,15 @@ def run(home: Path, ports: DevPorts) -> int:
         started.append(valkey)
         tansu = embedded.start_tansu(home / "tansu", ports.kafka)
         started.append(tansu)
-        upgrade(pg.url)
+        # Least privilege, as in production: migrations as the owner role, processes as the app role.
+        dbroles.bootstrap(pg.url)
+        owner_url, app_url = dbroles.role_url(pg.url, dbroles.OWNER_ROLE), dbroles.role_url(pg.url, dbroles.APP_ROLE)
+        upgrade(owner_url)
         secret = dev_secret(home)
         env = {
             **os.environ,
-            "DATABASE_URL": pg.url,
+            "DATABASE_URL": app_url,
+            "MIGRATION_DATABASE_URL": owner_url,
             "REDIS_URL": valkey.url,
             "KAFKA_BOOTSTRAP_SERVERS": tansu.url,
             "BLOB_DIR": str(home / "blobs"),
@@ -125,7 +129,7 @@ def run(home: Path, ports: DevPorts) -> int:
         token = issuer.issue(DEV_ADMIN_ID, "admin", ttl_seconds=7 * 24 * 3600)
         print(
             f"\ntaskstream is running at http://127.0.0.1:{ports.http}\n"
-            f"  PostgreSQL {pg.url}\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
+            f"  PostgreSQL {app_url} (migrations: {owner_url})\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
             f"  logs       {home / 'logs'}\n\n"
             f"admin token (7 days):\n{token}\n\n"
             f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{ports.http}/readyz\n"

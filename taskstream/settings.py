@@ -22,7 +22,8 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str
+    database_url: str  # the app role (taskstream/dbroles.py): SELECT and INSERT on events
+    migration_database_url: str | None = None  # the owner role, for `taskstream migrate`; default database_url
     redis_url: str = "redis://127.0.0.1:6379/0"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = "events."
@@ -80,6 +81,7 @@ class Settings:
             raise SettingsError("DATABASE_URL is not set")
         values: dict[str, object] = {"database_url": database_url}
         casts: dict[str, tuple[str, type | object]] = {
+            "migration_database_url": ("MIGRATION_DATABASE_URL", str),
             "redis_url": ("REDIS_URL", str),
             "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", str),
             "kafka_topic_prefix": ("KAFKA_TOPIC_PREFIX", str),

@@ -30,20 +30,41 @@ def server_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def database_url(server_dir: Path) -> Iterator[str]:
+def database_urls(server_dir: Path) -> Iterator[dict[str, str]]:
+    """PostgreSQL as three roles: ``admin`` (superuser), ``owner`` (ran the migrations, owns
+    the schema) and ``app`` (what every process uses: SELECT and INSERT on events; see
+    taskstream/dbroles.py). An external TEST_DATABASE_URL is used as all three."""
+    from taskstream import dbroles
     from taskstream.migrate import upgrade
 
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         upgrade(external)
-        yield external
+        yield {"admin": external, "owner": external, "app": external}
         return
     server = embedded.start_postgres(server_dir / "pg", embedded.free_port(), fsync=False)
     try:
-        upgrade(server.url)
-        yield server.url
+        dbroles.bootstrap(server.url)
+        urls = {
+            "admin": server.url,
+            "owner": dbroles.role_url(server.url, dbroles.OWNER_ROLE),
+            "app": dbroles.role_url(server.url, dbroles.APP_ROLE),
+        }
+        upgrade(urls["owner"])
+        yield urls
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(database_urls: dict[str, str]) -> str:
+    """The app role's URL: what the gateway, the relay and the tests' stores use."""
+    return database_urls["app"]
+
+
+@pytest.fixture(scope="session")
+def owner_database_url(database_urls: dict[str, str]) -> str:
+    return database_urls["owner"]
 
 
 def _external_or_embedded(var: str, start: Callable[[], embedded.ServerProcess]) -> Iterator[str]:

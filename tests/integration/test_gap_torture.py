@@ -122,7 +122,8 @@ async def _interleave(database_url: str, table: str, run: str) -> tuple[list[int
         return first_read + second_read, sorted([pos_a, pos_b])
 
 
-async def test_without_the_append_lock_a_reader_skips_an_event(database_url: str) -> None:
+async def test_without_the_append_lock_a_reader_skips_an_event(owner_database_url: str) -> None:
+    database_url = owner_database_url  # creating a table takes the owner role
     run = uuid.uuid4().hex[:8]
     table = f"race_unlocked_{run}"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
