@@ -41,10 +41,12 @@ def relay_lag_histogram(registry: CollectorRegistry | None = None) -> Histogram:
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
     """Wait for leadership, publish while it holds, wait again if it is lost; until ``stop``."""
-    store = await PostgresEventStore.connect(
+    pool = make_pool(
         settings.database_url, min_size=1, max_size=4, lock_timeout_ms=settings.db_lock_timeout_ms,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms, wait_timeout=settings.db_pool_timeout_seconds,
     )  # fmt: skip
+    await pool.open(wait=False)  # PostgreSQL may come up after us: leadership and attempts retry
+    store = PostgresEventStore(pool)
     lag = relay_lag_histogram()
 
     def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
