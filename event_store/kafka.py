@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import ConnectionGroup
 from aiokafka.errors import KafkaError
@@ -248,3 +248,22 @@ class KafkaTopics:
 
     async def missing(self, topics: Iterable[str]) -> set[str]:
         return await missing_topics(self._bootstrap, topics)
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return await end_offsets(self._bootstrap, partitions)
+
+
+async def end_offsets(bootstrap_servers: str, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The end offset of each partition (ListOffsets latest; on tansu the offset of the newest
+    batch + 1, which is enough to see a log that went back)."""
+    wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+    if not wanted:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, client_id="taskstream-check", enable_auto_commit=False)
+    _never_create_topics(consumer._client)
+    await consumer.start()
+    try:
+        found = await consumer.end_offsets(wanted)
+    finally:
+        await consumer.stop()
+    return {(tp.topic, tp.partition): int(offset) for tp, offset in found.items()}

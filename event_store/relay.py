@@ -26,8 +26,9 @@ The broker losing its log
 -------------------------
 tansu keeps its log in memory; a broker may be rebuilt. The log is lost when a topic the relay
 published to is missing (checked when an attempt starts and every ``log_check_interval``
-seconds while it runs), or when the broker acknowledges a batch at an offset below one it
-acknowledged before. Then the relay closes its producer, resets the checkpoint to 0 and
+seconds while it runs), when a partition it wrote to now ends before the last batch it had
+acknowledged there (the topic was recreated empty; checked with the same interval), or when the
+broker acknowledges a batch at an offset below one it acknowledged before. Then the relay closes its producer, resets the checkpoint to 0 and
 republishes the whole table into new topics. The producer never creates topics by itself, so a
 batch retried across the broker's restart cannot land first in the new log.
 
@@ -77,6 +78,11 @@ class Topics(Protocol):
 
     async def missing(self, topics: Iterable[str]) -> set[str]:
         """Those the broker does not have (without creating them)."""
+        ...
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each partition's end offset as the broker reports it (at least the offset of its
+        newest batch + 1, even on tansu)."""
         ...
 
 
@@ -172,6 +178,7 @@ class Relay:
         self._known_topics: set[str] = set()
         self._published_topics: set[str] = set()
         self._log_ends: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected at least
+        self._log_bases: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last batch acked
         self.position = 0
         self.attempts = 0
         self.logs_lost = 0
@@ -204,6 +211,7 @@ class Relay:
         self._known_topics.clear()
         self._published_topics.clear()
         self._log_ends.clear()
+        self._log_bases.clear()
 
     async def _attempt(self) -> None:
         """One producer, from the checkpoint, until anything fails."""
@@ -245,6 +253,13 @@ class Relay:
             await asyncio.sleep(self._config.log_check_interval)
             if self._published_topics and (gone := await self._topics.missing(set(self._published_topics))):
                 raise LogLost(f"topics {sorted(gone)} are missing")
+            bases = dict(self._log_bases)  # taken before asking: later acks only move them up
+            if bases:
+                ends = await self._topics.end_offsets(bases)
+                for (topic, partition), base in bases.items():
+                    end = ends.get((topic, partition))
+                    if end is not None and end <= base:
+                        raise LogLost(f"{topic}[{partition}] ends at offset {end}, but offset {base} was acknowledged")
 
     async def publish(self, writer: LogWriter, batch: Sequence[RecordedEvent]) -> None:
         """Send a batch and wait until the broker acknowledged every record: per partition one
@@ -279,6 +294,7 @@ class Relay:
         if expected is not None and first < expected:
             raise LogLost(f"{topic}[{partition}] acknowledged offset {first}, below {expected} acknowledged before")
         self._log_ends[(topic, partition)] = first + len(records)
+        self._log_bases[(topic, partition)] = first
 
     async def _ensure(self, topics: Iterable[str]) -> set[str]:
         """Make sure the topics exist; return those that had to be created."""

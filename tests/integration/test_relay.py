@@ -215,3 +215,21 @@ async def test_topics_are_created_with_the_configured_replication_settings(kafka
         assert len(metadata["partitions"]) == 3
     finally:
         await admin.close()
+
+
+async def test_end_offsets_cover_what_was_acknowledged(kafka_bootstrap: str, unique: str) -> None:
+    """What the relay's lost-log check relies on, on each broker: a partition's reported end is
+    past the offset of the last batch acknowledged there (tansu reports the newest batch's
+    offset + 1, not the true end, which is still enough)."""
+    from event_store.kafka import Record, end_offsets
+
+    topic = f"ends{unique}.task"
+    await ensure_topics(kafka_bootstrap, [topic])
+    log = await KafkaLog.connect(kafka_bootstrap)
+    try:
+        bases = [await log.send(topic, 1, [Record(b"k", b"v%d" % i, 0, []) for i in range(n)]) for n in (3, 2)]
+    finally:
+        await log.close()
+    assert bases[1] >= bases[0] + 3
+    ends = await end_offsets(kafka_bootstrap, [(topic, 1), (topic, 2)])
+    assert ends[(topic, 1)] > bases[1] and ends[(topic, 2)] == 0
