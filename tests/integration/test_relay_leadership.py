@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from event_store.checkpoints import Checkpoints
+from event_store.kafka import ensure_topics
 from event_store.postgres import PostgresEventStore
-from schemas.envelope import ANY, NewEvent
+from schemas.envelope import ANY, CATEGORIES, NewEvent
 from taskstream.settings import Settings
 from taskstream.wiring import run_relay
 from tests.integration.test_relay import consume
@@ -28,6 +29,7 @@ async def test_one_relay_publishes_and_the_other_takes_over(
     )  # fmt: skip
     checkpoints = Checkpoints(store.pool)
     await checkpoints.set(settings.relay_checkpoint_name, await store.head_position())
+    await ensure_topics(tansu_bootstrap, [settings.topic_for(c) for c in CATEGORIES])  # a log that exists
     stops = [asyncio.Event(), asyncio.Event()]
     first = asyncio.create_task(run_relay(settings, stops[0]))
     await asyncio.sleep(0.5)

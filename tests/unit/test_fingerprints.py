@@ -23,7 +23,7 @@ def test_the_password_does_not_count_and_cannot_be_tested_against_it(first: str,
     a = request_fingerprint(KEY, "POST", "/v1/users", "", body(email="a@example.org", password=first))
     b = request_fingerprint(KEY, "POST", "/v1/users", "", body(email="a@example.org", password=second))
     assert a == b
-    assert first not in canonical_body(body(email="a@example.org", password=first)).decode()
+    assert json.loads(canonical_body(body(email="a@example.org", password=first))) == {"email": "a@example.org"}
 
 
 def test_it_is_keyed_not_a_plain_hash() -> None:
