@@ -15,12 +15,14 @@ can be ended after the commit.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
+from event_store.errors import StoreUnavailable
 from schemas.envelope import AppendResult, ExpectedVersion
 
 LOOKUP = "SELECT event_id, version, global_position FROM events WHERE event_id = ANY(%s::uuid[])"
@@ -34,6 +36,12 @@ class _Part(Protocol):
 
 class _Append(Protocol):
     parts: list[Any]
+    requeued: bool
+
+
+A = TypeVar("A", bound=_Append)
+Fetch = Callable[[str, list[Any]], Awaitable[list[tuple[Any, ...]]]]  # raises StoreUnavailable
+REQUEUED = StoreUnavailable("queued again")  # the outcome of an append queued again: answered later
 
 
 def is_ambiguous(exc: psycopg.Error) -> bool:
@@ -64,3 +72,32 @@ def written(append: _Append, rows: Mapping[uuid.UUID, tuple[int, int]]) -> list[
             version, first, last = (expected if isinstance(expected, int) else 0), None, None
         results.append(AppendResult(part.stream, version, first, last, part_ids))
     return results
+
+
+async def resolve(fetch: Fetch, batch: Sequence[A], exc: psycopg.Error) -> tuple[list[list[AppendResult] | BaseException], list[A]]:
+    """Each append's outcome (REQUEUED for those to queue again) and the appends to queue again.
+    The lookup is tried a few times over about two seconds (a database restarting)."""
+    rows: dict[uuid.UUID, tuple[int, int]] | None = None
+    for delay in (0.0, 0.2, 0.5, 1.0):
+        await asyncio.sleep(delay)
+        try:
+            found = await fetch(LOOKUP, [event_ids(batch)])
+        except StoreUnavailable:
+            continue
+        rows = {row[0]: (int(row[1]), int(row[2])) for row in found}
+        break
+    if rows is None:
+        unknown = StoreUnavailable(f"the connection was lost during the commit and its outcome is unknown: {type(exc).__name__}")
+        return [unknown] * len(batch), []
+    outcomes: list[list[AppendResult] | BaseException] = []
+    again: list[A] = []
+    for append in batch:
+        results = written(append, rows)
+        if results is not None:
+            outcomes.append(results)
+        elif append.requeued:
+            outcomes.append(StoreUnavailable(f"the event store failed twice: {type(exc).__name__}"))
+        else:
+            again.append(append)
+            outcomes.append(REQUEUED)
+    return outcomes, again

@@ -278,30 +278,9 @@ class PostgresEventStore:
     async def _resolve(self, batch: list[_Append], exc: psycopg.Error) -> list[list[AppendResult] | BaseException]:
         """The connection broke while the batch's statement ran: find out what was written."""
         self.commit_counts["ambiguous"] += 1
-        rows: dict[uuid.UUID, tuple[int, int]] | None = None
-        for delay in (0.0, 0.2, 0.5, 1.0):
-            await asyncio.sleep(delay)
-            try:
-                found = await self._fetch_raw(_ambiguous.LOOKUP, [_ambiguous.event_ids(batch)])
-            except StoreUnavailable:
-                continue
-            rows = {row[0]: (int(row[1]), int(row[2])) for row in found}
-            break
-        if rows is None:
-            unknown = StoreUnavailable(f"the connection was lost during the commit and its outcome is unknown: {type(exc).__name__}")
-            return [unknown] * len(batch)
-        outcomes: list[list[AppendResult] | BaseException] = []
-        again: list[_Append] = []
-        for append in batch:
-            results = _ambiguous.written(append, rows)
-            if results is not None:
-                outcomes.append(results)
-            elif append.requeued:
-                outcomes.append(StoreUnavailable(f"the event store failed twice: {type(exc).__name__}"))
-            else:
-                append.requeued = True
-                again.append(append)
-                outcomes.append(_REQUEUED)
+        outcomes, again = await _ambiguous.resolve(self._fetch_raw, batch, exc)
+        for append in again:
+            append.requeued = True
         self._pending[:0] = again  # first in the next batch; same event ids, so never written twice
         return outcomes
 
@@ -417,12 +396,9 @@ class PostgresEventStore:
                     break
 
 
-_REQUEUED = StoreUnavailable("queued again")  # a marker: the append was queued again, answer later
-
-
 def _answer(batch: Sequence[_Append], outcomes: Sequence[list[AppendResult] | BaseException]) -> None:
     for append, outcome in zip(batch, outcomes, strict=True):
-        if append.future.done() or outcome is _REQUEUED:
+        if append.future.done() or outcome is _ambiguous.REQUEUED:
             continue
         if isinstance(outcome, BaseException):
             append.future.set_exception(outcome)
