@@ -233,3 +233,18 @@ async def test_end_offsets_cover_what_was_acknowledged(kafka_bootstrap: str, uni
     assert bases[1] >= bases[0] + 3
     ends = await end_offsets(kafka_bootstrap, [(topic, 1), (topic, 2)])
     assert ends[(topic, 1)] > bases[1] and ends[(topic, 2)] == 0
+
+
+async def test_the_relays_producer_never_creates_a_topic(kafka_bootstrap: str, unique: str) -> None:
+    """Both brokers create topics on request; the relay's producer must not ask, or a batch
+    retried across a broker restart would recreate the topic and land first in the new log."""
+    from event_store.kafka import missing_topics
+
+    topic = f"never{unique}.task"
+    log = await KafkaLog.connect(kafka_bootstrap)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whichever error aiokafka raises for it
+            await asyncio.wait_for(log.partitions(topic), 5)
+    finally:
+        await log.close()
+    assert await missing_topics(kafka_bootstrap, [topic]) == {topic}

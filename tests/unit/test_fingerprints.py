@@ -48,3 +48,15 @@ def test_what_the_request_asks_for_counts_and_formatting_does_not() -> None:
 def test_a_short_key_is_refused() -> None:
     with pytest.raises(ValueError):
         request_fingerprint(b"short", "POST", "/", "", b"")
+
+
+def test_the_gateways_key_comes_from_a_configured_secret_and_has_no_default() -> None:
+    from taskstream.settings import Settings, SettingsError
+    from taskstream.wiring import fingerprint_key
+
+    explicit = Settings.from_env({"DATABASE_URL": "x", "IDEMPOTENCY_SECRET": "s" * 32, "JWT_SECRET": "j" * 48})
+    assert fingerprint_key(explicit) == derive_key("s" * 32)
+    assert fingerprint_key(Settings(database_url="x", jwt_secret="j" * 48)) == derive_key("j" * 48)
+    with pytest.raises(SettingsError, match="IDEMPOTENCY_SECRET"):
+        fingerprint_key(Settings(database_url="x", jwt_algorithm="RS256"))
+    assert len(fingerprint_key(Settings(database_url="x", jwt_algorithm="RS256", dev_mode=True))) == 32
