@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TOOLS  := $(CURDIR)/.tools
 ACTIONLINT_VERSION := v1.7.12
 
-.PHONY: dev test bench clean tools dashboards k8s k8s-check helm-sync lint
+.PHONY: dev test bench chaos clean tools dashboards k8s k8s-check helm-sync lint
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -68,6 +68,11 @@ lint: $(STAMP)
 	$(PY) -c 'import compose, pathlib, subprocess, sys; sys.exit(subprocess.call([str(pathlib.Path(compose.__file__).parent / "docker-compose"), "-f", "docker-compose.staging.yml", "--env-file", ".env.staging.example", "config", "-q"]))'
 	PATH="$(TOOLS)/go/bin:$$PATH" actionlint
 	$(MAKE) --no-print-directory k8s-check
+
+# The fault suite: relay kill -9 (50 times), a broker and a PostgreSQL restart, a Redis outage,
+# under HTTP write load; prints one JSON line of counts, fails if a check failed.
+chaos: $(STAMP)
+	$(PY) -m chaos.suite
 
 clean:
 	rm -rf $(VENV) .taskstream

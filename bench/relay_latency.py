@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from event_store.checkpoints import Checkpoints  # noqa: E402
-from event_store.kafka import ensure_topics, make_producer  # noqa: E402
+from event_store.kafka import KafkaLog, KafkaTopics, ensure_topics, make_producer, partition_for  # noqa: E402
 from event_store.postgres import PostgresEventStore  # noqa: E402
 from event_store.relay import Relay, RelayConfig  # noqa: E402
 from schemas.catalog import public_data  # noqa: E402
@@ -57,7 +57,10 @@ async def measure(db_url: str, bootstrap: str) -> dict[str, float]:
             acked[event.id] = now
 
     config = RelayConfig(topic_prefix=prefix, checkpoint_name=name)
-    relay = Relay(store, checkpoints, producer, config, observe=observe, redact=public_data)
+    relay = Relay(
+        store, checkpoints, lambda: KafkaLog.connect(bootstrap), config,
+        partitioner=partition_for, topics=KafkaTopics(bootstrap), observe=observe, redact=public_data,
+    )  # fmt: skip
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     await asyncio.sleep(0.5)

@@ -42,7 +42,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from event_store import _fast_append
+from event_store import _ambiguous, _fast_append
 from event_store.errors import IdempotencyKeyReused, StoreUnavailable, WrongExpectedVersion
 from event_store.protocol import StreamAppend
 from schemas.envelope import ANY, NO_STREAM, AppendResult, ExpectedVersion, Metadata, NewEvent, RecordedEvent, category_of
@@ -109,16 +109,36 @@ class _Append:
     key: str | None
     fingerprint: str | None
     future: asyncio.Future[list[AppendResult]] = field(repr=False)
+    requeued: bool = False  # queued again once after an ambiguous commit (see _ambiguous)
 
 
-def make_pool(database_url: str, *, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
+def make_pool(
+    database_url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    lock_timeout_ms: int | None = None,
+    statement_timeout_ms: int | None = None,
+    wait_timeout: float = 30.0,
+) -> AsyncConnectionPool:
     """The pool the store expects: autocommit, so a read or a group commit is one statement and
     one round trip; READ COMMITTED whatever the database's default, because taskstream_append
     reads versions after taking the lock and relies on each statement taking a fresh snapshot,
     and the fast path relies on a collision, not a serialization failure, when it is stale.
-    Not opened yet: ``await pool.open()`` in a running loop."""
-    kwargs = {"autocommit": True, "options": "-c default_transaction_isolation=read\\ committed"}
-    return AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False, kwargs=kwargs)
+
+    Bounded waits: ``lock_timeout_ms`` bounds the wait for the append lock (a forgotten
+    ``BEGIN; INSERT INTO events`` session holds it) and ``statement_timeout_ms`` any statement;
+    ``wait_timeout`` the wait for a free connection. Each ends in StoreUnavailable (503), with
+    nothing written. Not opened yet: ``await pool.open()`` in a running loop."""
+    options = "-c default_transaction_isolation=read\\ committed"
+    if lock_timeout_ms:
+        options += f" -c lock_timeout={int(lock_timeout_ms)}"
+    if statement_timeout_ms:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
+    kwargs = {"autocommit": True, "options": options}
+    return AsyncConnectionPool(
+        database_url, min_size=min_size, max_size=max_size, open=False, kwargs=kwargs, timeout=wait_timeout
+    )
 
 
 class PostgresEventStore:
@@ -135,8 +155,20 @@ class PostgresEventStore:
         self.commit_counts: Counter[str] = Counter()
 
     @classmethod
-    async def connect(cls, database_url: str, *, min_size: int = 2, max_size: int = 10, **kwargs: Any) -> PostgresEventStore:
-        pool = make_pool(database_url, min_size=min_size, max_size=max_size)
+    async def connect(
+        cls,
+        database_url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        lock_timeout_ms: int | None = None,
+        statement_timeout_ms: int | None = None,
+        **kwargs: Any,
+    ) -> PostgresEventStore:
+        pool = make_pool(
+            database_url, min_size=min_size, max_size=max_size, lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms,
+        )  # fmt: skip
         try:
             await pool.open(wait=True, timeout=15)
         except Exception as exc:
@@ -230,7 +262,10 @@ class PostgresEventStore:
                     outcomes = list(await self._commit_alone(batch))
                 except psycopg.Error as exc:
                     log.warning("append transaction failed: %s", exc)
-                    outcomes = [StoreUnavailable(f"the event store failed: {type(exc).__name__}")] * len(batch)
+                    if _ambiguous.is_ambiguous(exc):
+                        outcomes = await self._resolve(batch, exc)
+                    else:
+                        outcomes = [StoreUnavailable(f"the event store failed: {type(exc).__name__}")] * len(batch)
             except BaseException as exc:  # noqa: BLE001 - answered below, then re-raised if fatal
                 log.exception("group commit failed")
                 outcomes = [StoreUnavailable("the event store failed unexpectedly")] * len(batch)
@@ -239,6 +274,15 @@ class PostgresEventStore:
                     raise
                 continue
             _answer(batch, outcomes)
+
+    async def _resolve(self, batch: list[_Append], exc: psycopg.Error) -> list[list[AppendResult] | BaseException]:
+        """The connection broke while the batch's statement ran: find out what was written."""
+        self.commit_counts["ambiguous"] += 1
+        outcomes, again = await _ambiguous.resolve(self._fetch_raw, batch, exc)
+        for append in again:
+            append.requeued = True
+        self._pending[:0] = again  # first in the next batch; same event ids, so never written twice
+        return outcomes
 
     async def _commit_alone(self, batch: list[_Append]) -> list[list[AppendResult] | Exception]:
         outcomes: list[list[AppendResult] | Exception] = []
@@ -354,7 +398,7 @@ class PostgresEventStore:
 
 def _answer(batch: Sequence[_Append], outcomes: Sequence[list[AppendResult] | BaseException]) -> None:
     for append, outcome in zip(batch, outcomes, strict=True):
-        if append.future.done():
+        if append.future.done() or outcome is _ambiguous.REQUEUED:
             continue
         if isinstance(outcome, BaseException):
             append.future.set_exception(outcome)

@@ -2,13 +2,37 @@
 
 Topic per category (``events.task``), key = stream id, value = the event's JSON (the same form
 as the table, less the fields an event type marks private, such as a password hash),
-CloudEvents binary-mode headers plus the trace context. At least once: the
-checkpoint moves only after the broker acknowledged the whole batch (acks=all), so a crash or
-a broker failure re-publishes from the checkpoint, and consumers deduplicate by event id.
+CloudEvents binary-mode headers plus the trace context. At least once: the checkpoint moves
+only after the broker acknowledged the whole batch (acks=all), so a crash or a broker failure
+re-publishes from the checkpoint, and consumers deduplicate by event id.
 
-The producer is not idempotent on purpose: aiokafka's idempotent producer does not work against
-tansu (see INFRA.md). Per-stream order holds because one stream maps to one partition and
-aiokafka keeps at most one batch in flight per partition.
+Per-stream order, also when the broker fails
+--------------------------------------------
+A stream maps to one partition. After dropping duplicates (by event id) every consumer must
+see a stream's events in version order; that holds if, in every partition, what one attempt of
+the relay wrote is a *prefix* of what it meant to write, and every attempt starts over from the
+checkpoint (at or before the first event not yet acknowledged). So:
+
+- a partition's records go as one batch at a time: the next batch of a partition is sent only
+  after the previous one was acknowledged (other partitions go in parallel). aiokafka's queued
+  batches expire one by one, so with two batches of a partition queued, the older one could
+  fail while the newer one is acknowledged; that can no longer happen;
+- on any failure, the attempt stops sending everywhere, closes its producer (which discards
+  what is queued or retrying, see event_store/kafka.py) and a new attempt with a new producer
+  republishes from the checkpoint. A batch that failed but landed anyway is the first missing
+  piece of its partition, which the next attempt writes again: still a prefix.
+
+The broker losing its log
+-------------------------
+tansu keeps its log in memory; a broker may be rebuilt. The log is lost when a topic the relay
+published to is missing (checked when an attempt starts and every ``log_check_interval``
+seconds while it runs), when a partition it wrote to now ends before the last batch it had
+acknowledged there (the topic was recreated empty; checked with the same interval), or when the
+broker acknowledges a batch at an offset below one it acknowledged before. Then the relay closes its producer, resets the checkpoint to 0 and
+republishes the whole table into new topics. The producer never creates topics by itself, so a
+batch retried across the broker's restart cannot land first in the new log.
+
+Only one relay publishes at a time: see event_store/leadership.py.
 """
 
 from __future__ import annotations
@@ -25,6 +49,7 @@ from typing import Any, Protocol
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from event_store.checkpoints import Checkpoints
+from event_store.kafka import Record
 from event_store.postgres import PostgresEventStore
 from schemas.envelope import CATEGORIES, RecordedEvent
 from taskstream.telemetry import context_from, is_sampled, kafka_trace_headers, tracer
@@ -35,9 +60,38 @@ _tracer = tracer("taskstream.relay")
 CE_SPECVERSION = b"1.0"
 
 
-class Producer(Protocol):
-    async def send(self, topic: str, value: bytes | None = ..., key: bytes | None = ..., partition: int | None = ...,
-                   timestamp_ms: int | None = ..., headers: list[tuple[str, bytes]] | None = ...) -> asyncio.Future[Any]: ...  # fmt: skip
+class LogWriter(Protocol):
+    """One producer's worth of publishing (event_store.kafka.KafkaLog)."""
+
+    async def partitions(self, topic: str) -> int: ...
+
+    async def send(self, topic: str, partition: int, records: Sequence[Record]) -> int:
+        """Wait for the broker's ack of ``records`` (in order, one partition); return the first
+        one's offset. Raises on any failure."""
+        ...
+
+    async def close(self) -> None:
+        """Discard whatever is still queued: nothing of this writer lands afterwards."""
+        ...
+
+
+class Topics(Protocol):
+    async def ensure(self, topics: Iterable[str]) -> set[str]:
+        """Create the missing ones; return those created now."""
+        ...
+
+    async def missing(self, topics: Iterable[str]) -> set[str]:
+        """Those the broker does not have (without creating them)."""
+        ...
+
+    async def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each partition's end offset as the broker reports it (at least the offset of its
+        newest batch + 1, even on tansu)."""
+        ...
+
+
+class LogLost(Exception):
+    """The broker no longer holds what the relay published to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +102,7 @@ class RelayConfig:
     source: str = "urn:taskstream:event-store"
     poll_interval: float = 1.0
     retry_backoff: float = 0.5
+    log_check_interval: float = 2.0
 
 
 def topic_for(prefix: str, category: str) -> str:
@@ -92,7 +147,17 @@ def cloudevent_headers(event: RecordedEvent, source: str, trace: list[tuple[str,
     return headers
 
 
+def to_record(event: RecordedEvent, source: str, redact: Redactor | None, trace: list[tuple[str, bytes]] | None = None) -> Record:
+    return Record(
+        key=event.stream.encode(),
+        value=encode_value(redacted(event, redact)),
+        timestamp_ms=int(event.recorded_at.timestamp() * 1000),
+        headers=cloudevent_headers(event, source, trace),
+    )
+
+
 LagObserver = Callable[[Sequence[RecordedEvent], float], None]
+Partitioner = Callable[[bytes, int], int]
 
 
 class Relay:
@@ -100,28 +165,37 @@ class Relay:
         self,
         store: PostgresEventStore,
         checkpoints: Checkpoints,
-        producer: Producer,
+        connect: Callable[[], Awaitable[LogWriter]],
         config: RelayConfig = RelayConfig(),
         *,
-        ensure_topics: Callable[[Iterable[str]], Awaitable[set[str] | None]] | None = None,
+        partitioner: Partitioner,
+        topics: Topics | None = None,
         observe: LagObserver | None = None,
         redact: Redactor | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._checkpoints = checkpoints
-        self._producer = producer
+        self._connect = connect
         self._config = config
-        self._ensure_topics = ensure_topics
+        self._partitioner = partitioner
+        self._topics = topics
         self._observe = observe
         self._redact = redact
+        self._fence = fence  # raises unless this relay is still the only one (leadership)
         self._known_topics: set[str] = set()
+        self._published_topics: set[str] = set()
+        self._log_ends: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset expected at least
+        self._log_bases: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last batch acked
         self.position = 0
+        self.attempts = 0
+        self.logs_lost = 0
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Publish until ``stop`` is set. Failures are retried from the stored checkpoint."""
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            worker = asyncio.create_task(self._publish_from_checkpoint())
+            worker = asyncio.create_task(self._attempt())
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in (worker, stopper):
@@ -130,53 +204,100 @@ class Relay:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             if worker in done and (exc := worker.exception()) is not None:
+                if isinstance(exc, LogLost):
+                    await self._restart_log(str(exc))
+                    continue
                 log.warning("relay failed at position %d, retrying from the checkpoint: %r", self.position, exc)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._config.retry_backoff)
 
-    async def _publish_from_checkpoint(self) -> None:
-        log_topics = {topic_for(self._config.topic_prefix, c) for c in CATEGORIES}
-        created = await self._topics(log_topics)
-        self.position = await self._checkpoints.get(self._config.checkpoint_name)
-        if self.position > 0 and created >= log_topics:
-            # Every topic of the log had to be created: the log the checkpoint refers to is gone
-            # (tansu keeps it in memory; a broker may be rebuilt). The table is the truth: publish
-            # it all again, and consumers deduplicate by event id.
-            log.warning("relay: the log was lost (its topics were missing); republishing from the start")
-            await self._checkpoints.reset(self._config.checkpoint_name, 0)
-            self.position = 0
-        log.info("relay publishing from position %d", self.position)
-        subscription = self._store.subscribe(self.position, self._config.batch_size, poll_interval=self._config.poll_interval)
+    async def _restart_log(self, why: str) -> None:
+        log.warning("relay: the log was lost (%s); republishing from the start", why)
+        self.logs_lost += 1
+        await self._checkpoints.reset(self._config.checkpoint_name, 0)
+        self.position = 0
+        self._known_topics.clear()
+        self._published_topics.clear()
+        self._log_ends.clear()
+        self._log_bases.clear()
+
+    async def _attempt(self) -> None:
+        """One producer, from the checkpoint, until anything fails."""
+        self.attempts += 1
+        writer = await self._connect()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            log_topics = {topic_for(self._config.topic_prefix, c) for c in CATEGORIES}
+            created = await self._ensure(log_topics)
+            self.position = await self._checkpoints.get(self._config.checkpoint_name)
+            if self.position > 0 and (created >= log_topics or created & self._published_topics):
+                # The topics the checkpoint refers to had to be created: that log is gone. The
+                # table is the truth: publish it all again, consumers deduplicate by event id.
+                raise LogLost("its topics were missing")
+            log.info("relay publishing from position %d", self.position)
+            tasks.add(asyncio.create_task(self._publish_from(writer, self.position)))
+            if self._topics is not None and self._config.log_check_interval > 0:
+                tasks.add(asyncio.create_task(self._watch_log()))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what stopped it
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await writer.close()
+
+    async def _publish_from(self, writer: LogWriter, position: int) -> None:
+        subscription = self._store.subscribe(position, self._config.batch_size, poll_interval=self._config.poll_interval)
         async with contextlib.aclosing(subscription):
             async for batch in subscription:
-                await self.publish(batch)
+                await self.publish(writer, batch)
                 await self._checkpoints.set(self._config.checkpoint_name, batch[-1].global_position)
                 self.position = batch[-1].global_position
 
-    async def publish(self, batch: Sequence[RecordedEvent]) -> None:
-        """Send a batch and wait until the broker acknowledged every record. An event whose
-        ``traceparent`` is sampled gets a ``publish`` span in its trace, from send to ack, and
-        the record's trace headers name that span (consumers continue from it)."""
-        topics = {topic_for(self._config.topic_prefix, e.category) for e in batch}
-        await self._topics(topics - self._known_topics)
-        spans: list[Span] = []
+    async def _watch_log(self) -> None:
+        assert self._topics is not None
+        while True:
+            await asyncio.sleep(self._config.log_check_interval)
+            if self._published_topics and (gone := await self._topics.missing(set(self._published_topics))):
+                raise LogLost(f"topics {sorted(gone)} are missing")
+            bases = dict(self._log_bases)  # taken before asking: later acks only move them up
+            if bases:
+                ends = await self._topics.end_offsets(bases)
+                for (topic, partition), base in bases.items():
+                    end = ends.get((topic, partition))
+                    if end is not None and end <= base:
+                        raise LogLost(f"{topic}[{partition}] ends at offset {end}, but offset {base} was acknowledged")
+
+    async def publish(self, writer: LogWriter, batch: Sequence[RecordedEvent]) -> None:
+        """Send a batch and wait until the broker acknowledged every record: per partition one
+        producer batch at a time, partitions in parallel; the first failure stops them all."""
+        config = self._config
+        groups: dict[tuple[str, int], list[Record]] = {}
+        await self._ensure({topic_for(config.topic_prefix, e.category) for e in batch} - self._known_topics)
+        counts: dict[str, int] = {}
+        spans: list[Span] = []  # one publish span per event of a sampled trace, from send to ack
+        for event in batch:
+            topic = topic_for(config.topic_prefix, event.category)
+            if topic not in counts:
+                counts[topic] = await writer.partitions(topic)
+            span = self._publish_span(event, topic)
+            if span is not None:
+                spans.append(span)
+            record = to_record(event, config.source, self._redact, kafka_trace_headers(span) if span else None)
+            groups.setdefault((topic, self._partitioner(record.key, counts[topic])), []).append(record)
+        self._published_topics.update(counts)
         try:
-            acks = []
-            for event in batch:
-                topic = topic_for(self._config.topic_prefix, event.category)
-                span = self._publish_span(event, topic)
-                if span is not None:
-                    spans.append(span)
-                acks.append(
-                    await self._producer.send(
-                        topic,
-                        value=encode_value(redacted(event, self._redact)),
-                        key=event.stream.encode(),
-                        timestamp_ms=int(event.recorded_at.timestamp() * 1000),
-                        headers=cloudevent_headers(event, self._config.source, kafka_trace_headers(span) if span else None),
-                    )
-                )
-            await asyncio.gather(*acks)
+            if self._fence is not None:
+                await self._fence()
+            sends = [asyncio.create_task(self._send(writer, topic, p, records)) for (topic, p), records in groups.items()]
+            try:
+                await asyncio.gather(*sends)
+            except BaseException:
+                for send in sends:
+                    send.cancel()
+                await asyncio.gather(*sends, return_exceptions=True)
+                raise
         except BaseException as exc:
             for span in spans:
                 span.record_exception(exc)
@@ -210,11 +331,19 @@ class Relay:
             },
         )
 
-    async def _topics(self, topics: Iterable[str]) -> set[str]:
+    async def _send(self, writer: LogWriter, topic: str, partition: int, records: list[Record]) -> None:
+        first = await writer.send(topic, partition, records)
+        expected = self._log_ends.get((topic, partition))
+        if expected is not None and first < expected:
+            raise LogLost(f"{topic}[{partition}] acknowledged offset {first}, below {expected} acknowledged before")
+        self._log_ends[(topic, partition)] = first + len(records)
+        self._log_bases[(topic, partition)] = first
+
+    async def _ensure(self, topics: Iterable[str]) -> set[str]:
         """Make sure the topics exist; return those that had to be created."""
         missing = [t for t in topics if t not in self._known_topics]
         created: set[str] = set()
-        if missing and self._ensure_topics is not None:
-            created = set(await self._ensure_topics(missing) or ())
+        if missing and self._topics is not None:
+            created = set(await self._topics.ensure(missing))
         self._known_topics.update(missing)
         return created

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -86,7 +87,7 @@ class RequestContext:
                         span.set_status(StatusCode.ERROR)
 
 
-def _routes(endpoints: Sequence[Endpoint], deps: Deps) -> list[Route]:
+def _routes(endpoints: Sequence[Endpoint], deps: Deps, timeout: float | None = None) -> list[Route]:
     """One Route per path, its endpoints chosen by method, so a 405 lists every allowed method.
     Each request is counted in its endpoint's rate-limit route class before the handler runs."""
     by_path: dict[str, dict[str, Endpoint]] = {}
@@ -97,7 +98,7 @@ def _routes(endpoints: Sequence[Endpoint], deps: Deps) -> list[Route]:
     # lacks itself, so that PATCH /v1/users/me is not taken for a user whose id is "me".
     ordered = sorted(by_path, key=lambda path: "{" in path)
     return [
-        Route(path, _dispatch(by_path[path], deps), methods=_EVERY_METHOD if "{" not in path else list(by_path[path]))
+        Route(path, _dispatch(by_path[path], deps, timeout), methods=_EVERY_METHOD if "{" not in path else list(by_path[path]))
         for path in ordered
     ]
 
@@ -105,7 +106,7 @@ def _routes(endpoints: Sequence[Endpoint], deps: Deps) -> list[Route]:
 _EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 
 
-def _dispatch(methods: dict[str, Endpoint], deps: Deps) -> Callable[[Request], Awaitable[Response]]:
+def _dispatch(methods: dict[str, Endpoint], deps: Deps, timeout: float | None) -> Callable[[Request], Awaitable[Response]]:
     allowed = sorted({*methods, *(["HEAD"] if "GET" in methods else [])})
 
     async def handle(request: Request) -> Response:
@@ -115,7 +116,16 @@ def _dispatch(methods: dict[str, Endpoint], deps: Deps) -> Callable[[Request], A
         if deps.limits is not None:
             verifier = None if endpoint.route_class == "credentials" else deps.verifier
             await deps.limits.admit(request, endpoint.route_class, verifier)
-        return await endpoint.handler(request, deps)
+        if timeout is None:
+            return await endpoint.handler(request, deps)
+        try:
+            async with asyncio.timeout(timeout):
+                return await endpoint.handler(request, deps)
+        except TimeoutError:
+            trace_id = current_trace_id(request)
+            log.error("request deadline (%.1f s) passed trace_id=%s", timeout, trace_id)
+            return problem(503, "Service Unavailable", "the request took too long; retry later", "unavailable",
+                           headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
 
     handle.__name__ = "_".join(e.handler.__name__ for e in methods.values())
     return handle
@@ -127,7 +137,12 @@ def create_app(
     readiness: dict[str, ReadinessCheck] | None = None,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[Any]] | None = None,
     registry: CollectorRegistry | None = None,
+    request_timeout: float | None = None,
+    fingerprint_key: bytes | None = None,
 ) -> Starlette:
+    """``request_timeout``: each API request's deadline in seconds (503 + Retry-After after it).
+    ``fingerprint_key``: the HMAC key of idempotency fingerprints (commands/fingerprints.py);
+    every gateway of a deployment needs the same one. None: a random key for this app only."""
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
     endpoints = (*ENDPOINTS, *READ_ENDPOINTS)
@@ -168,7 +183,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/jwks.json", jwks, methods=["GET"]),
-        *_routes(endpoints, deps),
+        *_routes(endpoints, deps, request_timeout),
     ]
     async def store_unavailable(request: Request, exc: Exception) -> Response:
         trace_id = current_trace_id(request)
@@ -177,6 +192,7 @@ def create_app(
                        headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
 
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.fingerprint_key = fingerprint_key or secrets.token_bytes(32)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_middleware(RateLimitHeaders, registry=registry)  # outside ProblemMiddleware: errors get the fields too

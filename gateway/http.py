@@ -9,7 +9,6 @@ written. The tracing headers go into event metadata and Kafka headers only when 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -22,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from commands.authz import Actor
 from commands.errors import NotFound, ValidationFailed
+from commands.fingerprints import request_fingerprint
 from commands.handler import WriteContext, Written
 from gateway import consistency
 from schemas.envelope import Metadata
@@ -166,11 +166,9 @@ def write_context(request: Request, actor: Actor | None, raw_body: bytes) -> Wri
     scoped_key = None
     if key is not None:
         scoped_key = f"{who}:{key}"
-        digest = hashlib.sha256()
-        for part in (request.method, request.url.path, request.headers.get("if-match", ""), raw_body):
-            digest.update(part if isinstance(part, bytes) else part.encode())
-            digest.update(b"\0")
-        fingerprint = digest.hexdigest()
+        fingerprint = request_fingerprint(
+            request.app.state.fingerprint_key, request.method, request.url.path, request.headers.get("if-match", ""), raw_body
+        )
     correlation_id = request.headers.get("x-correlation-id")
     if correlation_id is not None and not _CORRELATION_ID.match(correlation_id):
         message = "X-Correlation-ID must be 1-128 characters from A-Z a-z 0-9 . _ ~ : / + = @ -"

@@ -38,10 +38,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from taskstream import migrate
 
     settings = _settings()
+    url = settings.migration_database_url or settings.database_url
     if args.downgrade:
-        migrate.downgrade(settings.database_url, args.downgrade)
+        migrate.downgrade(url, args.downgrade)
     else:
-        migrate.upgrade(settings.database_url, args.revision)
+        migrate.upgrade(url, args.revision)
+    return 0
+
+
+def cmd_db_roles(_args: argparse.Namespace) -> int:
+    """Create the owner and app roles (run once, as an administrator: ADMIN_DATABASE_URL)."""
+    from taskstream import dbroles
+
+    admin = os.environ.get("ADMIN_DATABASE_URL")
+    if not admin:
+        print("taskstream db-roles: set ADMIN_DATABASE_URL to a role that may create roles", file=sys.stderr)
+        return 2
+    dbroles.bootstrap(
+        admin,
+        owner_password=os.environ.get("TASKSTREAM_OWNER_PASSWORD") or None,
+        app_password=os.environ.get("TASKSTREAM_APP_PASSWORD") or None,
+    )
+    print(f"roles {dbroles.OWNER_ROLE} (migrations: MIGRATION_DATABASE_URL) and {dbroles.APP_ROLE} (DATABASE_URL) are ready")
     return 0
 
 
@@ -228,6 +246,7 @@ def parser() -> argparse.ArgumentParser:
     mig.add_argument("--revision", default="head")
     mig.add_argument("--downgrade", metavar="REVISION")
     mig.set_defaults(func=cmd_migrate)
+    sub.add_parser("db-roles", help="create the owner and app database roles (as ADMIN_DATABASE_URL)").set_defaults(func=cmd_db_roles)
     serve = sub.add_parser("serve", help="run the HTTP gateway")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)

@@ -17,17 +17,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from taskstream import embedded
+from taskstream import dbroles, embedded
 from taskstream.migrate import upgrade
 from taskstream.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class DevPorts:
+    """Defaults below 32768, outside Linux's ephemeral range (32768-60999): a port there can be
+    held in TIME_WAIT by an outgoing connection the kernel gave it, and refuse a restart."""
+
     http: int = 8000
-    postgres: int = 55432
-    redis: int = 56379
-    kafka: int = 59092
+    postgres: int = 15432
+    redis: int = 16379
+    kafka: int = 19092
     relay_metrics: int = 9464  # /metrics of the relay (the gateway serves its own on http)
     projector_metrics: int = 9465  # /metrics of the projector
 
@@ -101,11 +104,15 @@ def run(home: Path, ports: DevPorts) -> int:
         started.append(valkey)
         tansu = embedded.start_tansu(home / "tansu", ports.kafka)
         started.append(tansu)
-        upgrade(pg.url)
+        # Least privilege, as in production: migrations as the owner role, processes as the app role.
+        dbroles.bootstrap(pg.url)
+        owner_url, app_url = dbroles.role_url(pg.url, dbroles.OWNER_ROLE), dbroles.role_url(pg.url, dbroles.APP_ROLE)
+        upgrade(owner_url)
         secret = dev_secret(home)
         env = {
             **os.environ,
-            "DATABASE_URL": pg.url,
+            "DATABASE_URL": app_url,
+            "MIGRATION_DATABASE_URL": owner_url,
             "REDIS_URL": valkey.url,
             "KAFKA_BOOTSTRAP_SERVERS": tansu.url,
             "BLOB_DIR": str(home / "blobs"),
@@ -137,7 +144,7 @@ def run(home: Path, ports: DevPorts) -> int:
         token = issuer.issue(DEV_ADMIN_ID, "admin", ttl_seconds=7 * 24 * 3600)
         print(
             f"\ntaskstream is running at http://127.0.0.1:{ports.http}\n"
-            f"  PostgreSQL {pg.url}\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
+            f"  PostgreSQL {app_url} (migrations: {owner_url})\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
             f"  metrics    http://127.0.0.1:{ports.http}/metrics (gateway), http://127.0.0.1:{ports.relay_metrics}/metrics (relay),"
             f" http://127.0.0.1:{ports.projector_metrics}/metrics (projector)\n"
             f"  logs       {home / 'logs'}\n\n"

@@ -23,11 +23,17 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: str
+    database_url: str  # the app role (taskstream/dbroles.py): SELECT and INSERT on events
+    migration_database_url: str | None = None  # the owner role, for `taskstream migrate`; default database_url
     redis_url: str = "redis://127.0.0.1:6379/0"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = "events."
     kafka_client_id: str = "taskstream"
+    # Topics the relay creates. Dev: 1 and 1 (one broker). Production, 3+ brokers: replication
+    # factor 3 and min.insync.replicas 2, so acks=all means two copies before an ack.
+    kafka_partitions: int = 4
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
 
     blob_backend: BlobBackend = "local"
     blob_dir: Path = Path(".taskstream/blobs")
@@ -57,8 +63,16 @@ class Settings:
     jwt_audience: str = "taskstream-api"
     jwt_ttl_seconds: int = 3600
 
+    # Idempotency records: fingerprints are HMACs under this secret (default: derived from an
+    # HS256 JWT_SECRET; required otherwise outside the dev stack), kept this long, then deleted.
+    idempotency_secret: str | None = field(default=None, repr=False)
+    idempotency_retention_hours: float = 24.0
+    idempotency_cleanup_interval_seconds: float = 600.0
+
     relay_batch_size: int = 500
     relay_checkpoint_name: str = "relay"
+    relay_log_check_interval: float = 2.0  # seconds between checks that the broker kept its log
+    relay_leader_retry_seconds: float = 1.0  # how often a waiting relay tries for leadership
 
     projector_group_id: str = "taskstream-projector"
     projector_batch_size: int = 2000  # larger batches catch up faster; latency is bounded by the 10 ms take
@@ -67,6 +81,12 @@ class Settings:
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
     command_retries: int = 3
+    # Bounded waits (see event_store/postgres.py make_pool): a session that holds the append lock
+    # makes appends fail with 503 + Retry-After after db_lock_timeout_ms instead of hanging.
+    db_lock_timeout_ms: int = 5_000
+    db_statement_timeout_ms: int = 15_000
+    db_pool_timeout_seconds: float = 5.0
+    http_request_timeout_seconds: float = 20.0  # an HTTP request's deadline: 503 + Retry-After after it
     dev_mode: bool = False
 
     # Telemetry. OpenTelemetry reads its own OTEL_* variables; logging reads LOG_FORMAT and
@@ -83,6 +103,7 @@ class Settings:
             raise SettingsError("DATABASE_URL is not set")
         values: dict[str, object] = {"database_url": database_url}
         casts: dict[str, tuple[str, type | object]] = {
+            "migration_database_url": ("MIGRATION_DATABASE_URL", str),
             "redis_url": ("REDIS_URL", str),
             "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", str),
             "kafka_topic_prefix": ("KAFKA_TOPIC_PREFIX", str),
@@ -116,10 +137,22 @@ class Settings:
             "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
             "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
             "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
-            "command_retries": ("COMMAND_RETRIES", int),
             "metrics_host": ("METRICS_HOST", str),
             "metrics_port": ("METRICS_PORT", int),
             "disk_paths": ("METRICS_DISK_PATHS", _paths),
+            "idempotency_secret": ("IDEMPOTENCY_SECRET", str),
+            "idempotency_retention_hours": ("IDEMPOTENCY_RETENTION_HOURS", float),
+            "idempotency_cleanup_interval_seconds": ("IDEMPOTENCY_CLEANUP_INTERVAL_SECONDS", float),
+            "kafka_partitions": ("KAFKA_PARTITIONS", int),
+            "kafka_replication_factor": ("KAFKA_REPLICATION_FACTOR", int),
+            "kafka_min_insync_replicas": ("KAFKA_MIN_INSYNC_REPLICAS", int),
+            "relay_log_check_interval": ("RELAY_LOG_CHECK_INTERVAL", float),
+            "relay_leader_retry_seconds": ("RELAY_LEADER_RETRY_SECONDS", float),
+            "command_retries": ("COMMAND_RETRIES", int),
+            "db_lock_timeout_ms": ("DB_LOCK_TIMEOUT_MS", int),
+            "db_statement_timeout_ms": ("DB_STATEMENT_TIMEOUT_MS", int),
+            "db_pool_timeout_seconds": ("DB_POOL_TIMEOUT_SECONDS", float),
+            "http_request_timeout_seconds": ("HTTP_REQUEST_TIMEOUT_SECONDS", float),
         }
         for name, (var, cast) in casts.items():
             raw = env.get(var)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
 from psycopg_pool import AsyncConnectionPool
@@ -17,18 +19,21 @@ from starlette.applications import Starlette
 
 from event_store.checkpoints import Checkpoints
 from event_store.errors import StoreUnavailable
-from event_store.kafka import ensure_topics, make_producer
+from event_store.idempotency import expiring
+from event_store.kafka import KafkaLog, KafkaTopics, TopicSettings, ensure_topics, partition_for
+from event_store.leadership import leadership
 from event_store.postgres import PostgresEventStore, make_pool
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
 from schemas.envelope import RecordedEvent
-from taskstream.settings import Settings
+from taskstream.settings import Settings, SettingsError
 from taskstream.telemetry import register_disk_metrics, register_pool_metrics, serve_metrics
 
 if TYPE_CHECKING:
     from gateway.ratelimit import RateLimits
 
 log = logging.getLogger("taskstream")
+T = TypeVar("T")
 
 
 BACKLOG_INTERVAL = 5.0  # seconds between two counts of the relay's backlog
@@ -74,62 +79,95 @@ def process_registry(settings: Settings, pool: AsyncConnectionPool | None = None
 
 
 async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
-    async with contextlib.AsyncExitStack() as resources:
-        store = await PostgresEventStore.connect(settings.database_url, min_size=1, max_size=4)
-        resources.push_async_callback(store.close)
-        registry = process_registry(settings, store.pool)
-        lag = relay_lag_histogram(registry)
-        backlog = relay_backlog_gauge(registry)
-        checkpoints = Checkpoints(store.pool)
-        metrics = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-        resources.callback(metrics.close)
-        log.info("relay metrics at %s", metrics.url)
-        counting = asyncio.create_task(count_backlog(checkpoints, settings.relay_checkpoint_name, backlog, stop))
-        resources.push_async_callback(_cancel, counting)
-        producer = make_producer(settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-relay")
-        resources.push_async_callback(_quietly, producer.stop)
+    """Wait for leadership, publish while it holds, wait again if it is lost; until ``stop``.
+    Its metrics (lag, backlog, pool, disk) are served all along, leader or not."""
+    pool = make_pool(
+        settings.database_url, min_size=1, max_size=4, lock_timeout_ms=settings.db_lock_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms, wait_timeout=settings.db_pool_timeout_seconds,
+    )  # fmt: skip
+    await pool.open(wait=False)  # PostgreSQL may come up after us: leadership and attempts retry
+    store = PostgresEventStore(pool)
+    registry = process_registry(settings, pool)
+    lag = relay_lag_histogram(registry)
+    backlog = relay_backlog_gauge(registry)
+    metrics = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    log.info("relay metrics at %s", metrics.url)
+    counting = asyncio.create_task(count_backlog(Checkpoints(pool), settings.relay_checkpoint_name, backlog, stop))
 
-        def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
-            for event in batch:
-                lag.observe(max(0.0, acked_at - event.recorded_at.timestamp()))
+    def observe(batch: Sequence[RecordedEvent], acked_at: float) -> None:
+        for event in batch:
+            lag.observe(max(0.0, acked_at - event.recorded_at.timestamp()))
 
-        while not stop.is_set():  # the broker may come up after us
-            try:
-                await producer.start()
-                break
-            except Exception as exc:  # noqa: BLE001 - any start failure is retried
-                log.warning("relay: broker %s not reachable yet: %r", settings.kafka_bootstrap_servers, exc)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-        else:
-            return
-        relay = Relay(
-            store,
-            checkpoints,
-            producer,
-            RelayConfig(
-                topic_prefix=settings.kafka_topic_prefix,
-                checkpoint_name=settings.relay_checkpoint_name,
-                batch_size=settings.relay_batch_size,
-            ),
-            ensure_topics=partial(ensure_topics, settings.kafka_bootstrap_servers),
-            observe=observe,
-            redact=public_data,
-        )
-        started = time.monotonic()
-        await relay.run(stop)
-        log.info("relay stopped at position %d after %.0f s", relay.position, time.monotonic() - started)
+    try:
+        while not stop.is_set():
+            async with contextlib.AsyncExitStack() as stack:
+                lease = await _until_stopped(
+                    stack.enter_async_context(
+                        leadership(settings.database_url, settings.relay_checkpoint_name,
+                                   retry_interval=settings.relay_leader_retry_seconds)
+                    ),
+                    stop,
+                )  # fmt: skip
+                if lease is None:
+                    return
+                relay = build_relay(settings, store, observe=observe, fence=lease.check)
+                halt = asyncio.Event()
+                watchers = [asyncio.create_task(_relay_event(e, halt)) for e in (stop, lease.lost)]
+                started = time.monotonic()
+                try:
+                    await relay.run(halt)
+                finally:
+                    for watcher in watchers:
+                        watcher.cancel()
+                log.info("relay stopped at position %d after %.0f s", relay.position, time.monotonic() - started)
+    finally:
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
+        metrics.close()
+        await store.close()
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+def build_relay(settings: Settings, store: PostgresEventStore, **kwargs: object) -> Relay:
+    bootstrap = settings.kafka_bootstrap_servers
+    return Relay(
+        store,
+        Checkpoints(store.pool),
+        partial(KafkaLog.connect, bootstrap, f"{settings.kafka_client_id}-relay"),
+        RelayConfig(
+            topic_prefix=settings.kafka_topic_prefix,
+            checkpoint_name=settings.relay_checkpoint_name,
+            batch_size=settings.relay_batch_size,
+            log_check_interval=settings.relay_log_check_interval,
+        ),
+        partitioner=partition_for,
+        topics=KafkaTopics(bootstrap, topic_settings(settings)),
+        redact=public_data,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def topic_settings(settings: Settings) -> TopicSettings:
+    return TopicSettings(settings.kafka_partitions, settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
+
+
+async def _relay_event(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _until_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``awaitable``'s result, or None (it is cancelled) if ``stop`` is set first."""
+    task = asyncio.ensure_future(awaitable)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if task.done():
+        return task.result()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _quietly(close: Callable[[], Awaitable[None]]) -> None:
-    with contextlib.suppress(Exception):
-        await close()
+    return None
 
 
 def build_gateway(settings: Settings) -> Starlette:
@@ -139,7 +177,10 @@ def build_gateway(settings: Settings) -> Starlette:
     from gateway.auth import build_auth
     from gateway.routes import Deps
 
-    pool = make_pool(settings.database_url, min_size=4, max_size=20)
+    pool = make_pool(
+        settings.database_url, min_size=4, max_size=20, lock_timeout_ms=settings.db_lock_timeout_ms,
+        statement_timeout_ms=settings.db_statement_timeout_ms, wait_timeout=settings.db_pool_timeout_seconds,
+    )  # fmt: skip
     store = PostgresEventStore(pool)
     issuer, verifier = build_auth(settings)
     redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
@@ -166,7 +207,9 @@ def build_gateway(settings: Settings) -> Starlette:
         await pool.open(wait=False)
         tracking = asyncio.create_task(invalidations.run(), name="near-cache-invalidations") if invalidations else None
         try:
-            yield
+            retention = timedelta(hours=settings.idempotency_retention_hours)
+            async with expiring(pool, retention, settings.idempotency_cleanup_interval_seconds):
+                yield
         finally:
             if tracking is not None:
                 tracking.cancel()
@@ -176,7 +219,10 @@ def build_gateway(settings: Settings) -> Starlette:
             await store.close()
             await redis_client.aclose()
 
-    return create_app(deps, readiness={"database": database, "broker": broker}, lifespan=lifespan, registry=registry)
+    return create_app(
+        deps, readiness={"database": database, "broker": broker}, lifespan=lifespan, registry=registry,
+        request_timeout=settings.http_request_timeout_seconds, fingerprint_key=fingerprint_key(settings),
+    )  # fmt: skip
 
 
 def build_reads(settings: Settings, pool: object, redis_client: Redis, registry: CollectorRegistry) -> tuple[object, object]:
@@ -225,6 +271,20 @@ def rate_limits(settings: Settings, redis_client: Redis) -> RateLimits | None:
     if not policies:
         return None
     return RateLimits(RedisRateLimiter(redis_client, failure_mode=settings.rate_limit_failure_mode), policies)
+
+
+def fingerprint_key(settings: Settings) -> bytes:
+    """IDEMPOTENCY_SECRET; else derived from an HS256 JWT_SECRET; else, in the dev stack only,
+    a key for this process."""
+    from commands.fingerprints import derive_key
+
+    if settings.idempotency_secret:
+        return derive_key(settings.idempotency_secret)
+    if settings.jwt_algorithm == "HS256" and settings.jwt_secret:
+        return derive_key(settings.jwt_secret)
+    if settings.dev_mode:
+        return secrets.token_bytes(32)
+    raise SettingsError("IDEMPOTENCY_SECRET is not set (needed with RS256 tokens; the same in every gateway)")
 
 
 async def broker_reachable(bootstrap_servers: str, timeout: float = 1.0) -> None:
@@ -295,7 +355,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
     try:
         while not stop.is_set():  # the broker may come up after us
             try:
-                await ensure_topics(settings.kafka_bootstrap_servers, topics(config, projectors.values()))  # type: ignore[arg-type]
+                await ensure_topics(settings.kafka_bootstrap_servers, topics(config, projectors.values()), topic_settings(settings))  # type: ignore[arg-type]
                 break
             except Exception as exc:  # noqa: BLE001 - retried until the broker answers
                 log.warning("projector: broker %s not reachable yet: %r", settings.kafka_bootstrap_servers, exc)

@@ -30,20 +30,41 @@ def server_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def database_url(server_dir: Path) -> Iterator[str]:
+def database_urls(server_dir: Path) -> Iterator[dict[str, str]]:
+    """PostgreSQL as three roles: ``admin`` (superuser), ``owner`` (ran the migrations, owns
+    the schema) and ``app`` (what every process uses: SELECT and INSERT on events; see
+    taskstream/dbroles.py). An external TEST_DATABASE_URL is used as all three."""
+    from taskstream import dbroles
     from taskstream.migrate import upgrade
 
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         upgrade(external)
-        yield external
+        yield {"admin": external, "owner": external, "app": external}
         return
     server = embedded.start_postgres(server_dir / "pg", embedded.free_port(), fsync=False)
     try:
-        upgrade(server.url)
-        yield server.url
+        dbroles.bootstrap(server.url)
+        urls = {
+            "admin": server.url,
+            "owner": dbroles.role_url(server.url, dbroles.OWNER_ROLE),
+            "app": dbroles.role_url(server.url, dbroles.APP_ROLE),
+        }
+        upgrade(urls["owner"])
+        yield urls
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(database_urls: dict[str, str]) -> str:
+    """The app role's URL: what the gateway, the relay and the tests' stores use."""
+    return database_urls["app"]
+
+
+@pytest.fixture(scope="session")
+def owner_database_url(database_urls: dict[str, str]) -> str:
+    return database_urls["owner"]
 
 
 def _external_or_embedded(var: str, start: Callable[[], embedded.ServerProcess]) -> Iterator[str]:
@@ -73,12 +94,16 @@ def tansu_bootstrap(server_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def apache_kafka_bootstrap(server_dir: Path) -> Iterator[str]:
-    from tests.support.apache_kafka import KafkaUnavailable, apache_kafka
+    """Skipped only when Java or Maven is missing (and not even then under
+    TASKSTREAM_REQUIRE_APACHE_KAFKA=1, as in .ci/run); a broker that fails to start is a failure."""
+    from tests.support.apache_kafka import ToolsMissing, apache_kafka
 
     try:
         with apache_kafka(server_dir / "apache-kafka", ROOT / "tests" / "kafka" / ".cache") as bootstrap:
             yield bootstrap
-    except KafkaUnavailable as exc:
+    except ToolsMissing as exc:
+        if os.environ.get("TASKSTREAM_REQUIRE_APACHE_KAFKA") == "1":
+            pytest.fail(f"the Apache Kafka leg is required here: {exc}")
         pytest.skip(f"Apache Kafka leg skipped: {exc}")
 
 
@@ -104,26 +129,37 @@ async def store(database_url: str) -> AsyncIterator[object]:
     await s.close()
 
 
-def create_database(server_url: str) -> str:
-    """A new, migrated database on the same server: for tests whose processes read every event."""
+def create_database(urls: dict[str, str]) -> str:
+    """A new database on the same server, its roles set up and migrated as the owner; returns the
+    app role's URL. For tests whose processes read every event."""
     from urllib.parse import urlsplit, urlunsplit
 
     import psycopg
 
+    from taskstream import dbroles
     from taskstream.migrate import upgrade
 
     name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
+
+    def on(url: str) -> str:
+        return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+    if urls["admin"] == urls["app"]:  # one external role for all: no roles to set up
+        with psycopg.connect(urls["admin"], autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        upgrade(on(urls["admin"]))
+        return on(urls["admin"])
+    with psycopg.connect(urls["admin"], autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
-    upgrade(url)
-    return url
+    dbroles.bootstrap(on(urls["admin"]))
+    upgrade(on(urls["owner"]))
+    return on(urls["app"])
 
 
 @pytest.fixture(scope="module")
-def isolated_database_url(database_url: str) -> str:
-    """A database of this test module's own (same server as ``database_url``)."""
-    return create_database(database_url)
+def isolated_database_url(database_urls: dict[str, str]) -> str:
+    """A database of this test module's own (same server as ``database_url``), as the app role."""
+    return create_database(database_urls)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         redis_url=redis_url,
         kafka_bootstrap_servers=tansu_bootstrap,
         jwt_secret=secrets.token_urlsafe(48),
+        idempotency_secret=secrets.token_urlsafe(32),
         max_body_bytes=64 * 1024,
         http_port=embedded.free_port(),
         auth_rate_limit_per_minute=100_000,  # the session registers many users from one address
@@ -39,6 +40,9 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
         rate_limit_write_per_minute=100_000,
         rate_limit_read_per_minute=100_000,
     )
+
+
+served = serve_gateway  # a gateway built from settings, on its port; yields its URL
 
 
 @pytest.fixture(scope="session")

@@ -279,9 +279,14 @@ class TestS3BlobStore:
         head = await asyncio.to_thread(client.head_object, Bucket=s3_store.bucket, Key=key)
         assert head["Metadata"]["sha256"] == ref.sha256 and head["ContentType"] == "text/csv"
 
-    async def test_ensure_bucket_is_idempotent(self, s3_store: S3BlobStore) -> None:
-        await s3_store.ensure_bucket()
-        await s3_store.ensure_bucket()
+    async def test_ensure_bucket_is_idempotent(self, s3_store: S3BlobStore, key: str) -> None:
+        fresh = S3BlobStore(f"fresh-{uuid.uuid4().hex[:12]}", s3_store.endpoint_url, "us-east-1", s3_store._factory)
+        with pytest.raises(BlobError):
+            await fresh.put(key, b"x")  # no bucket yet
+        await fresh.ensure_bucket()  # creates it
+        await fresh.put(key, b"kept")
+        await fresh.ensure_bucket()  # again: neither fails nor empties the bucket
+        assert await fresh.get(key) == b"kept"
 
     async def test_missing_bucket_is_a_blob_error_not_not_found(self, s3_store: S3BlobStore, key: str) -> None:
         other = S3BlobStore(f"missing-{uuid.uuid4().hex[:12]}", s3_store.endpoint_url, "us-east-1", s3_store._factory)

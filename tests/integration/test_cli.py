@@ -42,8 +42,8 @@ async def test_token_without_any_key_says_how_to_get_one(tmp_path: Path) -> None
     assert done.returncode == 2 and "JWT_SECRET" in done.stderr
 
 
-async def test_migrate_is_idempotent_and_tail_prints_events(store: PostgresEventStore, database_url: str) -> None:
-    done = await asyncio.to_thread(taskstream, "migrate", env={"DATABASE_URL": database_url})
+async def test_migrate_is_idempotent_and_tail_prints_events(store: PostgresEventStore, database_url: str, owner_database_url: str) -> None:
+    done = await asyncio.to_thread(taskstream, "migrate", env={"DATABASE_URL": database_url, "MIGRATION_DATABASE_URL": owner_database_url})
     assert done.returncode == 0, done.stderr
     start = await store.head_position()
     stream = f"task-{uuid.uuid4()}"

@@ -156,12 +156,14 @@ class EventStoreContract:
 
 
 class TestPostgresEventStore(EventStoreContract):
-    async def test_events_table_is_append_only(self, store: PostgresEventStore) -> None:
+    async def test_events_table_is_append_only(self, store: PostgresEventStore, owner_database_url: str) -> None:
+        """Even for the owner, who may UPDATE and DELETE, the trigger refuses (the app role may
+        not even try: tests/integration/test_least_privilege.py)."""
         import psycopg
 
         stream = new_stream()
         await store.append(stream, NO_STREAM, [ev()])
-        async with store.pool.connection() as conn:
+        async with await psycopg.AsyncConnection.connect(owner_database_url) as conn:
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
                 await conn.execute("UPDATE events SET type = 'x' WHERE stream_id = %s", (stream,))
             await conn.rollback()

@@ -1,9 +1,12 @@
 """No tailing reader ever skips an event, although PostgreSQL commits out of sequence order.
 
-The torture test runs many writers on their own connections (not through the store's group
-commit, so the database-side mechanism is what is tested), with random delays inside their
-transactions and random rollbacks, while a reader tails ``read_all``. The reader must see
-exactly the committed set, in increasing position order, with no duplicates.
+The first torture test runs many writers on their own connections (not through the store's
+group commit, so the database-side mechanism is what is tested), with random delays inside
+their transactions and random rollbacks, while a reader tails ``read_all``. The second runs
+100,000 events (``TASKSTREAM_TORTURE_EVENTS``) through the store's own append paths (fast path
+and taskstream_append, three stores) mixed with lingering raw transactions, while
+``subscribe()``, which the relay uses, tails. Each reader must see exactly the committed set,
+in increasing position order, with no duplicates.
 
 The deterministic tests below show the race itself: on a table without the append lock a reader
 does skip an event; on ``events`` the same interleaving cannot happen.
@@ -12,7 +15,9 @@ does skip an event; on ``events`` the same interleaving cannot happen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import random
 import uuid
 
@@ -23,7 +28,7 @@ from hypothesis import strategies as st
 
 from event_store.errors import WrongExpectedVersion
 from event_store.postgres import PostgresEventStore
-from schemas.envelope import NO_STREAM, NewEvent
+from schemas.envelope import ANY, NO_STREAM, NewEvent
 
 INSERT = (
     "INSERT INTO events (stream_id, version, event_id, type, data) VALUES (%s, %s, %s, 'torture.event', %s::jsonb)"
@@ -117,7 +122,8 @@ async def _interleave(database_url: str, table: str, run: str) -> tuple[list[int
         return first_read + second_read, sorted([pos_a, pos_b])
 
 
-async def test_without_the_append_lock_a_reader_skips_an_event(database_url: str) -> None:
+async def test_without_the_append_lock_a_reader_skips_an_event(owner_database_url: str) -> None:
+    database_url = owner_database_url  # creating a table takes the owner role
     run = uuid.uuid4().hex[:8]
     table = f"race_unlocked_{run}"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -245,3 +251,96 @@ async def test_a_guard_sees_a_commit_made_while_it_waited_for_the_lock(database_
     finally:
         await mine.close()
         await theirs.close()
+
+
+TORTURE_EVENTS = int(os.environ.get("TASKSTREAM_TORTURE_EVENTS", "100000"))
+
+
+async def test_subscribe_sees_exactly_what_the_stores_own_append_paths_committed(store: PostgresEventStore, database_url: str) -> None:
+    """100,000 events through the store's own paths, from three stores (three processes' worth
+    of group commit): pinned appends (the fast path), appends with idempotency keys (decided by
+    taskstream_append), appends refused for a wrong version (nothing written), plus raw
+    transactions that linger and roll back; while ``subscribe()``, the relay's reader, tails.
+    It must deliver exactly the committed events, in increasing position order, once each."""
+    run = uuid.uuid4().hex
+    prefix = f"torture-{run}-"
+    start = await store.head_position()
+    stores = [store, *[await PostgresEventStore.connect(database_url, max_size=6) for _ in range(2)]]
+    committed: set[uuid.UUID] = set()
+    refused: set[uuid.UUID] = set()
+    budget = [TORTURE_EVENTS]
+
+    async def writer(s: PostgresEventStore, wid: int) -> None:
+        rng = random.Random(f"{run}-{wid}")
+        stream, version = f"{prefix}{wid}-0", 0
+        while budget[0] > 0:
+            events = [NewEvent("torture.event", {"w": wid}) for _ in range(rng.randint(1, 4))]
+            budget[0] -= len(events)
+            roll = rng.random()
+            try:
+                if roll < 0.05:  # a stale version: refused, nothing written
+                    await s.append(stream, version + 5, events)
+                    raise AssertionError("a stale append was accepted")
+                if roll < 0.45:
+                    result = await s.append(stream, version or NO_STREAM, events)  # pinned: the fast path
+                else:
+                    result = await s.append(stream, ANY, events, idempotency_key=f"{run}-{wid}-{rng.random()}")
+            except WrongExpectedVersion:
+                refused.update(e.id for e in events)
+                continue
+            committed.update(e.id for e in events)
+            version = result.version
+            if version > 50:
+                stream, version = f"{prefix}{wid}-{uuid.uuid4().hex[:6]}", 0
+
+    async def lingering(wid: int) -> None:
+        rng = random.Random(f"{run}-raw-{wid}")
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            txn = 0
+            while budget[0] > 0:
+                txn += 1
+                ids = [uuid.uuid4() for _ in range(rng.randint(1, 3))]
+                rollback = rng.random() < 0.3
+                try:
+                    async with conn.transaction():
+                        for version, event_id in enumerate(ids, start=1):
+                            await conn.execute(INSERT, (f"{prefix}raw{wid}-{txn}", version, event_id, json.dumps({})))
+                        await asyncio.sleep(rng.random() * 0.003)  # holds the append lock a while
+                        if rollback:
+                            raise psycopg.Rollback
+                except psycopg.Rollback:
+                    pass
+                (refused if rollback else committed).update(ids)
+                await asyncio.sleep(rng.random() * 0.01)
+
+    seen: list[tuple[int, uuid.UUID]] = []
+    reached = [start]
+
+    async def subscriber() -> None:
+        subscription = store.subscribe(start, 1000, poll_interval=0.2)
+        async with contextlib.aclosing(subscription):
+            async for batch in subscription:
+                seen.extend((e.global_position, e.id) for e in batch if e.stream.startswith(prefix))
+                reached[0] = batch[-1].global_position
+
+    reading = asyncio.create_task(subscriber())
+    try:
+        await asyncio.gather(*(writer(s, i * 10 + w) for i, s in enumerate(stores) for w in range(8)), *(lingering(w) for w in range(3)))
+        target = await store.head_position()
+        async with asyncio.timeout(120):
+            while reached[0] < target:
+                await asyncio.sleep(0.05)
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        for other in stores[1:]:
+            await other.close()
+
+    positions = [p for p, _ in seen]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    ids = [i for _, i in seen]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    assert set(ids) == committed, f"missed {len(committed - set(ids))}, extra {len(set(ids) - committed)}"
+    assert not set(ids) & refused
+    assert len(committed) >= TORTURE_EVENTS * 0.8 and refused

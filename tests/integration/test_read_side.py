@@ -36,14 +36,15 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture
-async def settings(database_url: str, redis_url: str, kafka_bootstrap: str, unique: str) -> Settings:
+async def settings(database_urls: dict[str, str], redis_url: str, kafka_bootstrap: str, unique: str) -> Settings:
     return Settings(
-        database_url=create_database(database_url),
+        database_url=create_database(database_urls),
         redis_url=redis_url,
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_topic_prefix=f"rs{unique}.",
         projector_group_id=f"projector-{unique}",
         jwt_secret=secrets.token_urlsafe(48),
+        idempotency_secret=secrets.token_urlsafe(32),
         http_port=embedded.free_port(),
         auth_rate_limit_per_minute=0,
         projector_session_timeout=3.0,

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import ensure_topics, make_producer
+from event_store.kafka import KafkaLog, KafkaTopics, ensure_topics, partition_for
 from event_store.postgres import PostgresEventStore
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
@@ -51,14 +51,17 @@ async def relay_env(store: PostgresEventStore, kafka_bootstrap: str, unique: str
     yield config, checkpoints
 
 
+def kafka_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, **kwargs: object) -> Relay:
+    return Relay(
+        store, checkpoints, lambda: KafkaLog.connect(bootstrap), config,
+        partitioner=partition_for, topics=KafkaTopics(bootstrap), **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 async def run_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, until: int) -> int:
     """Run a relay until its checkpoint reaches ``until``; return where it started."""
-    producer = make_producer(bootstrap)
-    await producer.start()
     stop = asyncio.Event()
-    relay = Relay(
-        store, checkpoints, producer, config, ensure_topics=lambda topics: ensure_topics(bootstrap, topics), redact=public_data
-    )
+    relay = kafka_relay(store, checkpoints, bootstrap, config, redact=public_data)
     started_at = await checkpoints.get(config.checkpoint_name)
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -68,7 +71,6 @@ async def run_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstr
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        await producer.stop()
     return started_at
 
 
@@ -162,13 +164,9 @@ async def test_a_lost_log_is_republished_from_the_table(
     config = RelayConfig(topic_prefix=f"lost{unique}.", checkpoint_name=f"relay-lost-{unique}", batch_size=1000, poll_interval=0.5)
     await checkpoints.set(config.checkpoint_name, await store.head_position())  # "published" to a log now gone
     published: set[str] = set()
-    producer = make_producer(kafka_bootstrap)
-    await producer.start()
-    relay = Relay(
-        store, checkpoints, producer, config,
-        ensure_topics=lambda topics: ensure_topics(kafka_bootstrap, topics),
-        observe=lambda batch, _at: published.update(str(e.id) for e in batch),
-    )  # fmt: skip
+    relay = kafka_relay(
+        store, checkpoints, kafka_bootstrap, config, observe=lambda batch, _at: published.update(str(e.id) for e in batch)
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run(stop))
     try:
@@ -178,7 +176,6 @@ async def test_a_lost_log_is_republished_from_the_table(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        await producer.stop()
     records = await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=10**9, timeout=3)
     assert str(old.event_ids[0]) in {json.loads(value)["id"] for _, _, value, _ in records}
 
@@ -192,5 +189,64 @@ async def test_an_existing_log_is_not_republished(
     after = await store.append(f"task-{uuid.uuid4()}", ANY, [NewEvent("task.touched", {})])
     assert after.last_position is not None
     await run_relay(store, checkpoints, kafka_bootstrap, config, after.last_position)
-    ids = {json.loads(v)["id"] for _, _, v, _ in await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=1)}
-    assert ids == {str(after.event_ids[0])} and str(before.event_ids[0]) not in ids
+    # Read the whole topic (not just the first record): a republished `before` would show.
+    records = await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=10**9, timeout=3)
+    ids = [json.loads(v)["id"] for _, _, v, _ in records]
+    assert ids == [str(after.event_ids[0])]
+
+
+async def test_topics_are_created_with_the_configured_replication_settings(kafka_bootstrap: str, unique: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from event_store.kafka import TopicSettings
+    from taskstream.settings import Settings
+    from taskstream.wiring import topic_settings
+
+    settings = Settings.from_env({"DATABASE_URL": "unused", "KAFKA_PARTITIONS": "3", "KAFKA_MIN_INSYNC_REPLICAS": "2"})
+    assert topic_settings(settings) == TopicSettings(partitions=3, replication_factor=1, min_insync_replicas=2)
+    topic = f"conf{unique}.task"
+    assert await ensure_topics(kafka_bootstrap, [topic], topic_settings(settings)) == {topic}
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, None)])
+        entries = {entry[0]: entry[1] for entry in described.resources[0][4]}
+        assert entries["min.insync.replicas"] == "2"
+        (metadata,) = (await admin.describe_topics([topic]))
+        assert len(metadata["partitions"]) == 3
+    finally:
+        await admin.close()
+
+
+async def test_end_offsets_cover_what_was_acknowledged(kafka_bootstrap: str, unique: str) -> None:
+    """What the relay's lost-log check relies on, on each broker: a partition's reported end is
+    past the offset of the last batch acknowledged there (tansu reports the newest batch's
+    offset + 1, not the true end, which is still enough)."""
+    from event_store.kafka import Record, end_offsets
+
+    topic = f"ends{unique}.task"
+    await ensure_topics(kafka_bootstrap, [topic])
+    log = await KafkaLog.connect(kafka_bootstrap)
+    try:
+        bases = [await log.send(topic, 1, [Record(b"k", b"v%d" % i, 0, []) for i in range(n)]) for n in (3, 2)]
+    finally:
+        await log.close()
+    assert bases[1] >= bases[0] + 3
+    ends = await end_offsets(kafka_bootstrap, [(topic, 1), (topic, 2)])
+    assert ends[(topic, 1)] > bases[1] and ends[(topic, 2)] == 0
+
+
+async def test_the_relays_producer_never_creates_a_topic(kafka_bootstrap: str, unique: str) -> None:
+    """Both brokers create topics on request; the relay's producer must not ask, or a batch
+    retried across a broker restart would recreate the topic and land first in the new log."""
+    from event_store.kafka import missing_topics
+
+    topic = f"never{unique}.task"
+    log = await KafkaLog.connect(kafka_bootstrap)
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - whichever error aiokafka raises for it
+            await asyncio.wait_for(log.partitions(topic), 5)
+    finally:
+        await log.close()
+    assert await missing_topics(kafka_bootstrap, [topic]) == {topic}

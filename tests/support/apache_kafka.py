@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["KafkaUnavailable", "apache_kafka", "fetch_jars", "POM"]
+__all__ = ["KafkaUnavailable", "ToolsMissing", "apache_kafka", "fetch_jars", "POM"]
 
 POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
 HOST = "127.0.0.1"
@@ -81,6 +81,12 @@ class KafkaUnavailable(RuntimeError):
         self.reason = reason
 
 
+class ToolsMissing(KafkaUnavailable):
+    """Java or Maven is not installed: the only reason the Apache Kafka leg may be skipped.
+    Any other KafkaUnavailable (Maven failing, a broker that crashes or is not ready in time)
+    is a failure."""
+
+
 def _tail(text: str, lines: int = 40) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Debian's mvn colours even with -B
     return "\n".join(text.rstrip().splitlines()[-lines:])
@@ -96,7 +102,7 @@ def _file_tail(path: Path, lines: int = 60) -> str:
 def _require(tool: str) -> str:
     found = shutil.which(tool)
     if found is None:
-        raise KafkaUnavailable(f"`{tool}` is not on PATH; Apache Kafka tests need Java 17+ and Maven")
+        raise ToolsMissing(f"`{tool}` is not on PATH; Apache Kafka tests need Java 17+ and Maven")
     return found
 
 
