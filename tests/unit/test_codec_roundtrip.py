@@ -65,12 +65,14 @@ STRATEGIES: dict[type[DomainEvent], st.SearchStrategy[Any]] = {
     ),
     t.TaskStarted: st.builds(t.TaskStarted, task_id=ids, worker_id=names.map(str.strip), attempt=attempts),
     t.TaskSucceeded: st.builds(
-        t.TaskSucceeded, task_id=ids, attempt=attempts, result_ref=st.none() | names, summary=free_text
+        t.TaskSucceeded, task_id=ids, attempt=attempts, result_ref=st.none() | names, summary=free_text,
+        result=st.none() | payloads,
     ),
     t.TaskFailed: st.builds(
         t.TaskFailed, task_id=ids, attempt=attempts, error=names, retry_scheduled=st.booleans()
     ),
     t.TaskCancelled: st.builds(t.TaskCancelled, task_id=ids, reason=free_text),
+    t.TaskRequeued: st.builds(t.TaskRequeued, task_id=ids, max_attempts=attempts, reason=free_text),
 }
 
 
