@@ -43,6 +43,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
         for name in _PARAM.findall(endpoint.path)
     ]
+    params += [{"name": name, "in": "query", "required": True, "schema": {"type": "string"}} for name in endpoint.query]
     if endpoint.auth:
         op["security"] = [{"bearer": []}]
         params += [
@@ -58,8 +59,11 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
             "required": endpoint.method != "POST" or endpoint.path.endswith("/users") or endpoint.path.endswith("/tasks") or endpoint.path.endswith("/token") or endpoint.path == "/v1/projects",
             "content": {"application/json": {"schema": _schema(endpoint.body, components)}},
         }
-    ok_model = TokenResponse if endpoint.handler.__name__ == "issue_token" else Accepted
-    ok: dict[str, Any] = {"description": "Done", "content": {"application/json": {"schema": _schema(ok_model, components)}}}
+    ok_model = endpoint.response or (TokenResponse if endpoint.handler.__name__ == "issue_token" else Accepted)
+    if ok_model is bytes:
+        ok: dict[str, Any] = {"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    else:
+        ok = {"description": "Done", "content": {"application/json": {"schema": _schema(ok_model, components)}}}
     if ok_model is Accepted:
         ok["headers"] = {
             "ETag": {"schema": {"type": "string"}, "description": "the stream's new version"},

@@ -28,6 +28,8 @@ from gateway.bodies import (
     UpdateUserBody,
 )
 from gateway.http import path_uuid, read_body, write_context, written
+from gateway import worker_routes as w
+from gateway.worker_routes import WorkerDeps
 from gateway.ratelimit import RedisRateLimiter
 
 
@@ -38,6 +40,7 @@ class Deps:
     issuer: TokenIssuer | None
     max_body_bytes: int
     credentials_limiter: RedisRateLimiter | None = None  # registrations and logins (Argon2)
+    workers: WorkerDeps | None = None  # the worker pool's endpoints (results, dead tasks, webhooks)
 
 
 async def _limit_credentials(request: Request, deps: Deps) -> None:
@@ -58,6 +61,8 @@ class Endpoint:
     status: int = 201
     auth: bool = True
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
+    response: type[BaseModel] | type[bytes] | None = None  # the 2xx body when it is not a write's answer
+    query: tuple[str, ...] = ()  # required query parameters
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:
@@ -187,4 +192,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("DELETE", "/v1/projects/{project_id}/members/{user_id}", remove_member, "Remove a member", status=200),
     Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202),
     Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202),
+)  # fmt: skip
+
+# The worker pool (issue 10): results and download links, dead tasks and requeue, webhooks.
+ENDPOINTS += (
+    Endpoint("GET", "/v1/tasks/{task_id}/result", w.task_result, "A succeeded task's result: inline, or a time-limited download link", status=200, errors=(401, 404, 409), response=w.Document),
+    Endpoint("GET", "/v1/blobs", w.download_blob, "Download a result from the local store with a signed link", status=200, auth=False, errors=(403, 404, 422), response=bytes, query=("key", "expires", "signature")),
+    Endpoint("GET", "/v1/admin/tasks/dead", w.dead_tasks, "Finally failed tasks, most recent first (admins)", status=200, errors=(401, 403), response=w.Listing),
+    Endpoint("POST", "/v1/tasks/{task_id}/retry", w.retry_task, "Requeue a finally failed task for one more attempt (admins)", ReasonBody, status=202),
+    Endpoint("POST", "/v1/projects/{project_id}/webhooks", w.register_webhook, "Register a webhook endpoint (answers its secret once)", w.WebhookBody, status=201, response=w.Document),
+    Endpoint("GET", "/v1/projects/{project_id}/webhooks", w.list_webhooks, "A project's webhook endpoints, with why one was disabled", status=200, errors=(401, 403, 404), response=w.Listing),
+    Endpoint("DELETE", "/v1/projects/{project_id}/webhooks/{webhook_id}", w.delete_webhook, "Delete a webhook endpoint", status=200, errors=(401, 403, 404), response=w.Document),
+    Endpoint("POST", "/v1/projects/{project_id}/webhooks/{webhook_id}/rotate", w.rotate_webhook, "New secret; the old one signs for a grace period", status=200, errors=(401, 403, 404), response=w.Document),
+    Endpoint("GET", "/v1/projects/{project_id}/webhooks/{webhook_id}/deliveries", w.webhook_deliveries, "The endpoint's delivery log, newest first", status=200, errors=(401, 403, 404), response=w.Listing),
 )  # fmt: skip

@@ -146,6 +146,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    from taskstream.wiring import run_worker
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await run_worker(_settings(), stop, concurrency=args.concurrency, metrics_port=args.metrics_port)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_later(args: argparse.Namespace) -> int:
     print(f"taskstream {args.command}: not built yet (projections and workers come in later issues)", file=sys.stderr)
     return 2
@@ -176,7 +188,11 @@ def parser() -> argparse.ArgumentParser:
     tail.add_argument("--after", type=int, default=0, help="global position to start after")
     tail.add_argument("--follow", action="store_true")
     tail.set_defaults(func=cmd_tail)
-    for later in ("project", "work", "replay"):
+    work = sub.add_parser("work", help="run a worker of the task pool")
+    work.add_argument("--concurrency", type=int, help="tasks at a time in this process (default WORKER_CONCURRENCY)")
+    work.add_argument("--metrics-port", type=int, help="port of this worker's /metrics (default WORKER_METRICS_PORT; 0: none)")
+    work.set_defaults(func=cmd_work)
+    for later in ("project", "replay"):
         sub.add_parser(later, help="(not built yet)").set_defaults(func=cmd_later)
     return p
 
