@@ -201,6 +201,8 @@ class Worker:
             await self.leases.finish(claim.task_id, claim.lease_id, REST[state.status], attempts=state.attempts)
             return
         if state.status == "running":
+            if depth:  # another worker started it a moment ago: give it a lease period before judging
+                return
             error = f"worker {state.worker_id} lost: attempt {state.attempts} ended without a report (its lease expired)"
             await self._fail(job, state.attempts, error, retryable=True, known=loaded)
             return

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -17,15 +15,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
 from event_store.postgres import PostgresEventStore
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway
 from tests.e2e.conftest import User
 from tests.support.receiver import Receiver, receiver
-from tests.support.worker_pool import Pool, worker_pool
+from tests.support.worker_pool import Pool, serve_gateway, worker_pool
 
 pytestmark = pytest.mark.kafka
 
@@ -52,14 +48,8 @@ async def api(gateway_settings: Settings, pool_folder: Path) -> AsyncIterator[st
         gateway_settings, http_port=embedded.free_port(), blob_dir=pool_folder / "blobs", task_kinds_check=True,
         webhook_allow_loopback=True, blob_link_ttl_seconds=60,
     )  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(build_gateway(settings), host="127.0.0.1", port=settings.http_port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{settings.http_port}"
-    server.should_exit = True
-    await asyncio.wait_for(serving, 10)
+    async with serve_gateway(settings) as url:
+        yield url
 
 
 @pytest.fixture

@@ -137,6 +137,7 @@ async def worker_pool(
             "WEBHOOK_ALLOW_LOOPBACK": "1",
             "WEBHOOK_BACKOFF_SCALE": "0.05",
             "WEBHOOK_TIMEOUT_SECONDS": "5",
+            "WEBHOOK_DISABLE_AFTER": "3",
             **env,
         },
         folder,
@@ -151,3 +152,24 @@ async def worker_pool(
         stop.set()
         await asyncio.wait_for(relaying, 10)
         await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(settings: Any) -> AsyncIterator[str]:
+    """A gateway built from ``settings``, served by uvicorn on its http_port."""
+    import uvicorn
+
+    from taskstream.wiring import build_gateway
+
+    server = uvicorn.Server(uvicorn.Config(build_gateway(settings), host="127.0.0.1", port=settings.http_port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{settings.http_port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
