@@ -28,6 +28,7 @@ class DevPorts:
     postgres: int = 55432
     redis: int = 56379
     kafka: int = 59092
+    worker_metrics: int = 9101  # and the next port: one /metrics per worker
 
     @classmethod
     def from_env(cls) -> DevPorts:
@@ -40,6 +41,7 @@ class DevPorts:
             postgres=port("TASKSTREAM_PG_PORT", default.postgres),
             redis=port("TASKSTREAM_REDIS_PORT", default.redis),
             kafka=port("TASKSTREAM_KAFKA_PORT", default.kafka),
+            worker_metrics=port("TASKSTREAM_WORKER_METRICS_PORT", default.worker_metrics),
         )
 
 
@@ -75,6 +77,8 @@ def run(home: Path, ports: DevPorts) -> int:
             ("PostgreSQL", ports.postgres, "TASKSTREAM_PG_PORT"),
             ("Valkey", ports.redis, "TASKSTREAM_REDIS_PORT"),
             ("tansu", ports.kafka, "TASKSTREAM_KAFKA_PORT"),
+            ("worker 1's /metrics", ports.worker_metrics, "TASKSTREAM_WORKER_METRICS_PORT"),
+            ("worker 2's /metrics", ports.worker_metrics + 1, "TASKSTREAM_WORKER_METRICS_PORT"),
         ):
             embedded.ensure_port_free(name, port, var)
     except embedded.PortInUse as exc:
@@ -106,12 +110,20 @@ def run(home: Path, ports: DevPorts) -> int:
             "HTTP_PORT": str(ports.http),
             "JWT_SECRET": secret,
             "TASKSTREAM_DEV_MODE": "1",
+            "WEBHOOK_ALLOW_LOOPBACK": "1",  # everything runs on this machine: local receivers work
+            "TASK_KINDS_CHECK": "1",  # the gateway refuses kinds the workers do not know
         }
         cli = [sys.executable, "-m", "taskstream.cli"]
         for name, argv in (("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])):
             proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
             started.append(embedded.ServerProcess(name, "", 0, proc, home / "logs" / f"{name}.log"))
         gateway = started[-2]
+        # The worker pool: the development row of the sizing table, 2 workers.
+        for n in (1, 2):
+            name, port = f"worker-{n}", ports.worker_metrics + n - 1
+            argv = [*cli, "work", "--concurrency", "8", "--metrics-port", str(port)]
+            proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
+            started.append(embedded.ServerProcess(name, "", port, proc, home / "logs" / f"{name}.log"))
         embedded.wait_until(lambda: embedded.accepts(ports.http), gateway, timeout=60)
 
         from gateway.auth import build_auth
@@ -123,6 +135,7 @@ def run(home: Path, ports: DevPorts) -> int:
         print(
             f"\ntaskstream is running at http://127.0.0.1:{ports.http}\n"
             f"  PostgreSQL {pg.url}\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
+            f"  workers    2, metrics at http://127.0.0.1:{ports.worker_metrics}/metrics and :{ports.worker_metrics + 1}\n"
             f"  logs       {home / 'logs'}\n\n"
             f"admin token (7 days):\n{token}\n\n"
             f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{ports.http}/readyz\n"
