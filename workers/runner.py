@@ -63,8 +63,12 @@ class WorkerConfig:
 class _Job:
     claim: Claim
     version: int = 0  # the task stream's version this worker knows
+    state: task.State = None  # the task's state at ``version``, once started here
     runner: asyncio.Task[Any] | None = None
     reason: StopReason | None = None
+
+    def known(self, stream: str) -> Loaded[task.State] | None:
+        return Loaded(stream, self.state, self.version) if self.state is not None else None
 
     def stop(self, reason: StopReason) -> None:
         if self.runner is not None and not self.runner.done() and self.reason is None:
@@ -218,6 +222,7 @@ class Worker:
                 await self._process(job, None, depth + 1)
             return
         job.version = written.primary.version
+        job.state = state
         await self._run(job, submitted, attempt)
 
     async def _run(self, job: _Job, submitted: TaskSubmitted, attempt: int) -> None:
@@ -283,6 +288,7 @@ class Worker:
             await self.service.report_task(
                 SucceedTask(task_id=claim.task_id, attempt=attempt, result_ref=ref, summary=summary, result=inline),
                 ctx=self._ctx(claim.task_id),
+                known=job.known(task.stream_for(claim.task_id)),  # a stale state fails the append and is read again
             )
         except (IllegalTransition, StaleAttempt) as exc:
             log.info("task %s attempt %d: result dropped (%s)", claim.task_id, attempt, exc)
@@ -299,7 +305,7 @@ class Worker:
             _, state = await self.service.report_task(
                 FailTask(task_id=claim.task_id, attempt=attempt, error=error, retryable=retryable),
                 ctx=self._ctx(claim.task_id),
-                known=known,
+                known=known or job.known(task.stream_for(claim.task_id)),
             )
         except (IllegalTransition, StaleAttempt) as exc:
             log.info("task %s attempt %d: failure not recorded (%s)", claim.task_id, attempt, exc)
