@@ -211,18 +211,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     )
     sender = WebhookSender(store.pool, settings, metrics)
     topic = settings.topic_for("task")
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-worker",
-        group_id=settings.worker_group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.worker_session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.worker_session_timeout_ms // 4),
-        max_poll_records=500,
-        fetch_max_wait_ms=20,  # a submitted task waits for this at most before the consumer sees it
-    )
+
+    def new_consumer() -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{settings.kafka_client_id}-worker",
+            group_id=settings.worker_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=settings.worker_session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.worker_session_timeout_ms // 4),
+            max_poll_records=500,
+            fetch_max_wait_ms=20,  # a submitted task waits for this at most before the consumer sees it
+        )
 
     async def queue_depth() -> None:
         while not stop.is_set():
@@ -235,13 +237,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     consumer_started = False
     try:
         while not stop.is_set():  # the broker may come up after us
+            consumer = new_consumer()
             try:
                 await ensure_topics(settings.kafka_bootstrap_servers, [topic])
                 await consumer.start()
                 consumer_started = True
                 break
-            except Exception as exc:  # noqa: BLE001 - any start failure is retried
+            except Exception as exc:  # noqa: BLE001 - any start failure is retried, with a new client
                 log.warning("worker: broker %s not ready yet: %r", settings.kafka_bootstrap_servers, exc)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
         if not consumer_started:

@@ -135,7 +135,6 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
-            got = 0
             free = self.reserve(self.config.concurrency)
             try:
                 claims = await self.leases.claim(free)
@@ -145,7 +144,8 @@ class Worker:
             for claim in claims:
                 self.start(claim)
             got = len(claims)
-            self.release(free - got) if free - got else None
+            if free > got:
+                self.release(free - got)
             if got and got == free:
                 continue  # maybe more is due
             waiter = asyncio.create_task(self._wake.wait())

@@ -79,14 +79,21 @@ class Pool:
         codec = registry()
         return fold(task.evolve, None, (codec.decode(e) for e in await self.events(task_id)))  # type: ignore[arg-type]
 
+    def log_tails(self, lines: int = 15) -> str:
+        return "\n".join(f"--- {w.log.name}:\n" + "\n".join(w.log.read_text(errors="replace").splitlines()[-lines:]) for w in self.workers)
+
     async def wait_status(self, task_id: str, *statuses: str, timeout: float = 60) -> list[RecordedEvent]:
         """Wait until the task's stream says one of ``statuses``; return its events."""
-        async with asyncio.timeout(timeout):
-            while True:
-                state = await self.state(task_id)
-                if state is not None and state.status in statuses:
-                    return await self.events(task_id)
-                await asyncio.sleep(0.1)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    state = await self.state(task_id)
+                    if state is not None and state.status in statuses:
+                        return await self.events(task_id)
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            state = await self.state(task_id)
+            raise AssertionError(f"task {task_id} is {state.status if state else None}, not {statuses}:\n{self.log_tails()}") from None
 
     async def wait_event(self, task_id: str, type_: str, count: int = 1, timeout: float = 60) -> list[RecordedEvent]:
         async with asyncio.timeout(timeout):
@@ -132,7 +139,7 @@ async def worker_pool(
             "WORKER_RETRY_BASE_SECONDS": "0.2",
             "WORKER_RETRY_MAX_SECONDS": "1",
             "WORKER_SHUTDOWN_GRACE_SECONDS": "1",
-            "WORKER_SESSION_TIMEOUT_MS": "2000",
+            "WORKER_SESSION_TIMEOUT_MS": "6000",  # Apache Kafka refuses less (group.min.session.timeout.ms)
             "BLOB_DIR": str(folder / "blobs"),
             "WEBHOOK_ALLOW_LOOPBACK": "1",
             "WEBHOOK_BACKOFF_SCALE": "0.05",
