@@ -108,10 +108,12 @@ def decide(state: State, command: TaskCommand) -> list[TaskEvent]:
     if state is None:
         raise NotFound(f"task {command.task_id} does not exist", task_id=str(command.task_id))
     match command:
-        case StartTask(worker_id=worker_id, attempt=attempt):
+        case StartTask(worker_id=worker_id, attempt=attempt, lease_id=lease_id, lease_seconds=lease_seconds):
             _require_status(state, command, "queued")
             _require_attempt(state, attempt, state.attempts + 1)
-            return [TaskStarted(task_id=state.task_id, worker_id=worker_id, attempt=attempt)]
+            return [
+                TaskStarted(task_id=state.task_id, worker_id=worker_id, attempt=attempt, lease_id=lease_id, lease_seconds=lease_seconds)
+            ]
         case SucceedTask(attempt=attempt, result_ref=result_ref, summary=summary, result=result):
             _require_status(state, command, "running")
             _require_attempt(state, attempt, state.attempts)

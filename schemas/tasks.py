@@ -34,6 +34,7 @@ ResultRef = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Summary = Annotated[str, StringConstraints(max_length=2000)]
 ErrorText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
+LeaseSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 Payload = dict[str, JsonValue]
 
 
@@ -53,11 +54,16 @@ class TaskSubmitted(DomainEvent):
 
 
 class TaskStarted(DomainEvent):
+    """``lease_id``/``lease_seconds``: the worker's lease on the attempt (renewed while it runs;
+    another worker takes the task over once it expires)."""
+
     TYPE: ClassVar[str] = "task.started"
 
     task_id: uuid.UUID
     worker_id: WorkerId
     attempt: Attempt
+    lease_id: uuid.UUID | None = None
+    lease_seconds: LeaseSeconds | None = None
 
 
 class TaskSucceeded(DomainEvent):
@@ -138,6 +144,8 @@ class StartTask(Command):
     task_id: uuid.UUID
     worker_id: WorkerId
     attempt: Attempt
+    lease_id: uuid.UUID | None = None
+    lease_seconds: LeaseSeconds | None = None
 
 
 class SucceedTask(Command):

@@ -213,7 +213,10 @@ class Worker:
         attempt = state.attempts + 1
         try:
             written, state = await self.service.report_task(
-                StartTask(task_id=claim.task_id, worker_id=self.config.worker_id, attempt=attempt),
+                StartTask(
+                    task_id=claim.task_id, worker_id=self.config.worker_id, attempt=attempt,
+                    lease_id=claim.lease_id, lease_seconds=self.config.lease_seconds,
+                ),  # fmt: skip
                 ctx=self._ctx(claim.task_id),
                 known=loaded,
             )

@@ -124,6 +124,7 @@ async def test_workers_share_the_work(pool: Pool, http: httpx.AsyncClient, new_u
         events = await pool.wait_status(task_id, "succeeded")
         assert types(events) == ["task.submitted", "task.started", "task.succeeded"]
         workers.add(events[1].data["worker_id"])
+        assert uuid.UUID(events[1].data["lease_id"]) and events[1].data["lease_seconds"] == 3.0
     assert len(workers) == 2  # 8 half-second tasks, 2 slots per worker: both workers ran some
 
 

@@ -63,7 +63,10 @@ STRATEGIES: dict[type[DomainEvent], st.SearchStrategy[Any]] = {
         max_attempts=attempts,
         timeout_seconds=st.integers(1, 86_400),
     ),
-    t.TaskStarted: st.builds(t.TaskStarted, task_id=ids, worker_id=names.map(str.strip), attempt=attempts),
+    t.TaskStarted: st.builds(
+        t.TaskStarted, task_id=ids, worker_id=names.map(str.strip), attempt=attempts, lease_id=st.none() | ids,
+        lease_seconds=st.none() | st.floats(0.5, 3600),
+    ),  # fmt: skip
     t.TaskSucceeded: st.builds(
         t.TaskSucceeded, task_id=ids, attempt=attempts, result_ref=st.none() | names, summary=free_text,
         result=st.none() | payloads,

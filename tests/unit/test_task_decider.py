@@ -230,3 +230,9 @@ def test_requeue_stops_at_the_attempt_limit() -> None:
 def test_requeue_of_an_unknown_task_is_not_found() -> None:
     with pytest.raises(NotFound):
         when([], RequeueTask(task_id=TASK))
+
+
+def test_start_records_the_lease() -> None:
+    lease = uuid.UUID("00000000-0000-0000-0000-0000000000d1")
+    command = StartTask(task_id=TASK, worker_id="w1", attempt=1, lease_id=lease, lease_seconds=30)
+    assert when([SUBMITTED], command) == [TaskStarted(task_id=TASK, worker_id="w1", attempt=1, lease_id=lease, lease_seconds=30)]
