@@ -12,6 +12,8 @@ holders at once could not run an attempt twice to an effect.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger("taskstream.workers")
 
 RestStatus = Literal["done", "dead", "cancelled"]
 
@@ -43,6 +47,8 @@ class NewTask:
 class Leases:
     def __init__(self, pool: AsyncConnectionPool, owner: str, lease_seconds: float) -> None:
         self._pool, self.owner, self.lease_seconds = pool, owner, lease_seconds
+        self._done: list[tuple[uuid.UUID, uuid.UUID, int]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _exec(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._pool.connection() as conn:
@@ -135,6 +141,30 @@ class Leases:
             (status, attempts, error, task_id, lease_id),
         )
         return bool(rows)
+
+    def finish_soon(self, task_id: uuid.UUID, lease_id: uuid.UUID, attempts: int) -> None:
+        """``finish(.., "done")`` batched with others finishing about now: one statement for
+        many. Lost in a crash, it costs nothing but time: the lease expires and the next
+        holder finds the task succeeded in its stream and puts the row at rest."""
+        self._done.append((task_id, lease_id, attempts))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def flush(self) -> None:
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _flush(self) -> None:
+        while self._done:
+            batch, self._done = self._done, []
+            try:
+                await self._exec(
+                    "UPDATE worker_tasks w SET status = 'done', lease_id = NULL, owner = NULL, attempts = u.a, updated_at = now()"
+                    " FROM unnest(%s::uuid[], %s::uuid[], %s::int[]) AS u(t, l, a) WHERE w.task_id = u.t AND w.lease_id = u.l",
+                    ([t for t, _, _ in batch], [lease for _, lease, _ in batch], [a for _, _, a in batch]),
+                )
+            except Exception as exc:  # noqa: BLE001 - the leases expire and are reconciled
+                log.warning("finishing %d tasks failed (their leases will expire): %r", len(batch), exc)
 
     async def expire(self, task_ids: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
         """A stopping worker hands its leases over at once instead of letting them run out."""

@@ -165,6 +165,7 @@ class Worker:
             job.stop("shutdown")
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        await self.leases.flush()
 
     # --- one task ------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class Worker:
             log.info("task %s attempt %d: result dropped (%s)", claim.task_id, attempt, exc)
             await self._settle(job)
             return
-        await self.leases.finish(claim.task_id, claim.lease_id, "done", attempts=attempt)
+        self.leases.finish_soon(claim.task_id, claim.lease_id, attempt)
 
     async def _fail(
         self, job: _Job, attempt: int, error: str, *, retryable: bool, known: Loaded[task.State] | None = None, delay: float | None = None
