@@ -45,7 +45,13 @@ class TaskLogConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            batches = await self._consumer.getmany(timeout_ms=300, max_records=500)
+            try:
+                batches = await self._consumer.getmany(timeout_ms=300, max_records=500)
+            except Exception as exc:  # noqa: BLE001 - the client reconnects; keep polling
+                log.warning("worker consumer: fetch failed: %r", exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
             if not batches:
                 continue
             events = [RecordedEvent.from_json(json.loads(m.value)) for messages in batches.values() for m in messages]
@@ -58,7 +64,10 @@ class TaskLogConsumer:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
-            await self._consumer.commit()
+            try:
+                await self._consumer.commit()
+            except Exception as exc:  # noqa: BLE001 - a rebalance: the new owner gets the batch again (idempotent)
+                log.warning("worker consumer: offsets not committed: %r", exc)
 
     async def handle(self, events: Sequence[RecordedEvent]) -> None:
         codec = codec_registry()
