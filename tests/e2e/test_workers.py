@@ -245,6 +245,28 @@ async def test_worker_metrics(pool: Pool) -> None:
     assert 'taskstream_worker_slots{worker="' in text and "} 2.0" in text
 
 
+async def test_a_task_longer_than_the_lease_keeps_it_by_renewal(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 7})  # the pool's lease is 3 s
+    events = await pool.wait_status(task_id, "succeeded", "failed", timeout=60)
+    assert types(events) == ["task.submitted", "task.started", "task.succeeded"]  # never taken over
+
+
+async def test_sigterm_mid_task_hands_the_task_over(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 4}, max_attempts=3)
+    events = await pool.wait_status(task_id, "running")
+    stopping = pool.by_worker_id(events[-1].data["worker_id"])
+    await asyncio.to_thread(stopping.stop)  # SIGTERM: 1 s of grace (the pool's setting), then the attempt is given up
+    pool.spawn()
+    events = await pool.wait_status(task_id, "succeeded", timeout=60)
+    assert types(events) == ["task.submitted", "task.started", "task.failed", "task.started", "task.succeeded"]
+    assert "stopped during the attempt" in events[2].data["error"] and events[2].data["retry_scheduled"]
+    assert stopping.process.returncode == 0
+
+
 async def test_kill_9_mid_task_finishes_exactly_once(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
     owner = await new_user()
     project = await new_project(owner)
