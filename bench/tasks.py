@@ -139,7 +139,7 @@ async def ours_done(database_url: str, sent: dict[str, float], timeout: float = 
 
 
 def celery_submit(schedule: list[float]) -> dict[str, tuple[Any, float]]:
-    from bench.celery_noop import app
+    from bench.baselines.celery_noop import app
 
     sent: dict[str, tuple[Any, float]] = {}
     start = time.monotonic()
@@ -154,7 +154,7 @@ def celery_submit(schedule: list[float]) -> dict[str, tuple[Any, float]]:
 
 
 def celery_done(sent: dict[str, tuple[Any, float]], timeout: float = 300) -> dict[str, float]:
-    from bench.celery_noop import app
+    from bench.baselines.celery_noop import app
 
     deadline = time.monotonic() + timeout
     done: dict[str, float] = {}
@@ -266,7 +266,7 @@ def main() -> int:
         cli = [sys.executable, "-m", "taskstream.cli"]
         children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])]
         children += [(f"worker-{n}", [*cli, "work", "--concurrency", str(CONCURRENCY)]) for n in (1, 2)]
-        celery = [sys.executable, "-m", "celery", "-A", "bench.celery_noop", "worker", "--pool", "solo", "--loglevel", "WARNING"]
+        celery = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_noop", "worker", "--pool", "solo", "--loglevel", "WARNING"]
         children += [(f"celery-{n}", [*celery, "-n", f"bench{n}@%h"]) for n in (1, 2)]
         for name, argv in children:
             proc = embedded.spawn(name, argv, folder / f"{name}.log", env=env, cwd=ROOT)

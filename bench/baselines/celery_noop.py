@@ -1,6 +1,6 @@
 """The Celery 5 side of bench/tasks.py: one no-op task, a Redis broker and result backend.
 
-Run by the bench as ``celery -A bench.celery_noop worker --pool solo``; the URLs come from
+Run by the bench as ``celery -A bench.baselines.celery_noop worker --pool solo``; the URLs come from
 CELERY_BROKER_URL and CELERY_RESULT_BACKEND (the embedded Valkey)."""
 
 from __future__ import annotations
