@@ -227,9 +227,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
         )
 
     async def queue_depth() -> None:
+        """The gauge every 2 s; every hour, forget old rows at rest."""
+        pruned_at = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 metrics.queue_depth.set(await leases.queue_depth())
+            if time.monotonic() - pruned_at > 3600:
+                pruned_at = time.monotonic()
+                with contextlib.suppress(Exception):
+                    await leases.prune()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
 

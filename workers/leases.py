@@ -171,6 +171,16 @@ class Leases:
         for task_id, lease_id in task_ids:
             await self._exec("UPDATE worker_tasks SET due_at = now() WHERE task_id = %s AND lease_id = %s", (task_id, lease_id))
 
+    async def prune(self, older_than_days: float = 7) -> int:
+        """Forget rows at rest (done, cancelled) older than this: a redelivery of such a task
+        would only insert a row that reconciles to rest again. Dead rows stay for the dead list."""
+        rows = await self._exec(
+            "DELETE FROM worker_tasks WHERE status IN ('done', 'cancelled') AND updated_at < now() - make_interval(secs => %s)"
+            " RETURNING 1",
+            (older_than_days * 86_400,),
+        )
+        return len(rows)
+
     async def queue_depth(self) -> int:
         """Submitted tasks not started yet (first runs and retries waiting for their turn)."""
         rows = await self._exec("SELECT count(*) FROM worker_tasks WHERE status = 'queued'")

@@ -117,3 +117,19 @@ async def test_the_consumer_handles_a_redelivered_batch_once(store: PostgresEven
     events = await store.read_stream(task.stream_for(task_id))
     assert [e.type for e in events] == ["task.submitted", "task.started", "task.succeeded"]
     assert registry().decode(events[1]).worker_id == "redelivery"  # type: ignore[attr-defined]
+
+
+async def test_prune_forgets_old_rows_at_rest_but_keeps_the_dead(store: PostgresEventStore) -> None:
+    leases = Leases(store.pool, "pruner", 30)
+    done, dead, queued = rows(3)
+    await leases.ingest([done, dead, queued])
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE worker_tasks SET status = CASE WHEN task_id = %s THEN 'done' ELSE 'dead' END,"
+            " updated_at = now() - interval '8 days' WHERE task_id = ANY(%s)",
+            (done.task_id, [done.task_id, dead.task_id]),
+        )
+        await leases.prune(7)
+        cur = await conn.execute("SELECT task_id FROM worker_tasks WHERE task_id = ANY(%s)", ([done.task_id, dead.task_id, queued.task_id],))
+        left = {row[0] for row in await cur.fetchall()}
+    assert left == {dead.task_id, queued.task_id}
