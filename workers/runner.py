@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from commands.errors import IllegalTransition, NotFound, StaleAttempt
 from commands.handler import Loaded, WriteContext
 from commands.service import Service
@@ -273,8 +275,10 @@ class Worker:
             await self._fail(job, attempt, f"timed out after {submitted.timeout_seconds} s", retryable=False)
             return
         if outcome is not None:
-            retryable = not isinstance(outcome, PermanentError)
-            await self._fail(job, attempt, _describe(outcome), retryable=retryable)
+            if isinstance(outcome, PermanentError):  # the handler's own words
+                await self._fail(job, attempt, str(outcome) or _describe(outcome), retryable=False)
+            else:
+                await self._fail(job, attempt, _describe(outcome), retryable=True)
             return
         await self._succeed(job, attempt, value)
 
@@ -282,6 +286,10 @@ class Worker:
         claim = job.claim
         try:
             inline, ref, summary = await self._store_result(claim.task_id, attempt, value)
+            command = SucceedTask(task_id=claim.task_id, attempt=attempt, result_ref=ref, summary=summary, result=inline)
+        except ValidationError as exc:  # a handler's StoredResult too large or malformed
+            await self._fail(job, attempt, f"the handler's result cannot be recorded: {exc.errors()[0]['msg']}", retryable=False)
+            return
         except PermanentError as exc:
             await self._fail(job, attempt, str(exc), retryable=False)
             return
@@ -290,7 +298,7 @@ class Worker:
             return
         try:
             await self.service.report_task(
-                SucceedTask(task_id=claim.task_id, attempt=attempt, result_ref=ref, summary=summary, result=inline),
+                command,
                 ctx=self._ctx(claim.task_id),
                 known=job.known(task.stream_for(claim.task_id)),  # a stale state fails the append and is read again
             )

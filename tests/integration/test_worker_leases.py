@@ -133,3 +133,57 @@ async def test_prune_forgets_old_rows_at_rest_but_keeps_the_dead(store: Postgres
         cur = await conn.execute("SELECT task_id FROM worker_tasks WHERE task_id = ANY(%s)", ([done.task_id, dead.task_id, queued.task_id],))
         left = {row[0] for row in await cur.fetchall()}
     assert left == {dead.task_id, queued.task_id}
+
+
+async def test_a_worker_runs_at_most_its_concurrency_and_fails_bad_results_clearly(store: PostgresEventStore) -> None:
+    from workers.kinds import PermanentError, Registry, StoredResult
+
+    running, most = 0, 0
+
+    async def busy(ctx: object) -> object:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.3)
+        running -= 1
+        return {"ok": True}
+
+    async def oversized(ctx: object) -> object:
+        return StoredResult("blob://local/x", "s", {"big": "x" * 20_000})
+
+    async def refuses(ctx: object) -> object:
+        raise PermanentError("the input is wrong")
+
+    kinds = Registry()
+    for name, handler in (("busy", busy), ("oversized", oversized), ("refuses", refuses)):
+        kinds.register(name, handler)
+    service = Service(store)
+    owner_id = (await service.register_user(None, email=f"c{uuid.uuid4().hex[:8]}@example.org", display_name="C",
+                                            password="password-1", role="member", ctx=CTX)).entity_id  # fmt: skip
+    owner = Actor(owner_id, "member")
+    project_id = uuid.UUID((await service.create_project(owner, name=f"p-{uuid.uuid4().hex[:6]}", description="", ctx=CTX)).entity_id)
+    ids = {}
+    for kind in ["busy"] * 6 + ["oversized", "refuses"]:
+        written = await service.submit_task(owner, project_id, spec={"kind": kind, "max_attempts": 3}, ctx=CTX)
+        ids[uuid.UUID(written.entity_id)] = kind
+    worker = Worker(Service(store), Leases(store.pool, "limited", 30), kinds, Services(store, None, None),
+                    WorkerConfig(worker_id="limited", concurrency=2, lease_seconds=30, poll_seconds=0.1))  # fmt: skip
+    consumer = TaskLogConsumer(None, worker, worker.leases, store.pool)
+    await consumer.handle([(await store.read_stream(task.stream_for(t)))[0] for t in ids])
+    stop = asyncio.Event()
+    claiming = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                last = {t: (await store.read_stream(task.stream_for(t)))[-1] for t in ids}
+                if all(e.type in ("task.succeeded", "task.failed") and not e.data.get("retry_scheduled") for e in last.values()):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(claiming, 15)
+    assert most == 2
+    by_kind = {ids[t]: e for t, e in last.items()}
+    assert all(e.type == "task.succeeded" for t, e in last.items() if ids[t] == "busy")
+    assert by_kind["oversized"].type == "task.failed" and "cannot be recorded" in by_kind["oversized"].data["error"]
+    assert by_kind["refuses"].data == {**by_kind["refuses"].data, "error": "the input is wrong", "attempt": 1, "retry_scheduled": False}
