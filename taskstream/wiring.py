@@ -223,7 +223,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
             session_timeout_ms=settings.worker_session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.worker_session_timeout_ms // 4),
             max_poll_records=500,
-            fetch_max_wait_ms=20,  # a submitted task waits for this at most before the consumer sees it
+            fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,  # tansu answers a fetch only after about this
         )
 
     async def queue_depth() -> None:
