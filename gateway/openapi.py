@@ -43,7 +43,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any]) -> dict[str, Any]
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
         for name in _PARAM.findall(endpoint.path)
     ]
-    params += [{"name": name, "in": "query", "required": True, "schema": {"type": "string"}} for name in endpoint.query]
+    params += list(endpoint.query)
     if endpoint.auth:
         op["security"] = [{"bearer": []}]
         params += [

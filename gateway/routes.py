@@ -62,7 +62,7 @@ class Endpoint:
     auth: bool = True
     errors: tuple[int, ...] = field(default=(401, 403, 404, 409, 413, 415, 422))
     response: type[BaseModel] | type[bytes] | None = None  # the 2xx body when it is not a write's answer
-    query: tuple[str, ...] = ()  # required query parameters
+    query: tuple[dict[str, Any], ...] = ()  # query parameters, as OpenAPI parameter objects
 
 
 async def _actor(request: Request, deps: Deps) -> Actor:
@@ -197,7 +197,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 # The worker pool (issue 10): results and download links, dead tasks and requeue, webhooks.
 ENDPOINTS += (
     Endpoint("GET", "/v1/tasks/{task_id}/result", w.task_result, "A succeeded task's result: inline, or a time-limited download link", status=200, errors=(401, 404, 409), response=w.Document),
-    Endpoint("GET", "/v1/blobs", w.download_blob, "Download a result from the local store with a signed link", status=200, auth=False, errors=(403, 404, 422), response=bytes, query=("key", "expires", "signature")),
+    Endpoint("GET", "/v1/blobs", w.download_blob, "Download a result from the local store with a signed link", status=200, auth=False, errors=(403, 404, 422), response=bytes, query=w.LINK_PARAMETERS),
     Endpoint("GET", "/v1/admin/tasks/dead", w.dead_tasks, "Finally failed tasks, most recent first (admins)", status=200, errors=(401, 403), response=w.Listing),
     Endpoint("POST", "/v1/tasks/{task_id}/retry", w.retry_task, "Requeue a finally failed task for one more attempt (admins)", ReasonBody, status=202),
     Endpoint("POST", "/v1/projects/{project_id}/webhooks", w.register_webhook, "Register a webhook endpoint (answers its secret once)", w.WebhookBody, status=201, response=w.Document),

@@ -38,6 +38,11 @@ class Document(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+LINK_PARAMETERS: tuple[dict[str, Any], ...] = tuple(
+    {"name": name, "in": "query", "required": True, "schema": {"type": "string"}, "description": text}
+    for name, text in (("key", "the blob's key"), ("expires", "Unix seconds"), ("signature", "HMAC of key and expiry")))
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     links: Any  # workers.links.ResultLinks
