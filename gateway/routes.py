@@ -198,7 +198,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 ENDPOINTS += (
     Endpoint("GET", "/v1/tasks/{task_id}/result", w.task_result, "A succeeded task's result: inline, or a time-limited download link", status=200, errors=(401, 404, 409), response=w.Document),
     Endpoint("GET", "/v1/blobs", w.download_blob, "Download a result from the local store with a signed link", status=200, auth=False, errors=(403, 404, 422), response=bytes, query=w.LINK_PARAMETERS),
-    Endpoint("GET", "/v1/admin/tasks/dead", w.dead_tasks, "Finally failed tasks, most recent first (admins)", status=200, errors=(401, 403), response=w.Listing),
+    Endpoint("GET", "/v1/admin/tasks/dead", w.dead_tasks, "Finally failed tasks, most recent first (admins)", status=200, errors=(401, 403, 422), response=w.Listing, query=w.LIMIT_PARAMETER),
     Endpoint("POST", "/v1/tasks/{task_id}/retry", w.retry_task, "Requeue a finally failed task for one more attempt (admins)", ReasonBody, status=202),
     Endpoint("POST", "/v1/projects/{project_id}/webhooks", w.register_webhook, "Register a webhook endpoint (answers its secret once)", w.WebhookBody, status=201, response=w.Document),
     Endpoint("GET", "/v1/projects/{project_id}/webhooks", w.list_webhooks, "A project's webhook endpoints, with why one was disabled", status=200, errors=(401, 403, 404), response=w.Listing),

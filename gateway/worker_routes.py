@@ -43,6 +43,11 @@ LINK_PARAMETERS: tuple[dict[str, Any], ...] = tuple(
     for name, text in (("key", "the blob's key"), ("expires", "Unix seconds"), ("signature", "HMAC of key and expiry")))
 
 
+LIMIT_PARAMETER: tuple[dict[str, Any], ...] = (
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}},
+)
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     links: Any  # workers.links.ResultLinks
