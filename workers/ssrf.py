@@ -58,7 +58,10 @@ def refusal(ip: Address, *, allow_loopback: bool) -> str | None:
 
 
 def parse(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise UnsafeDestination(f"the URL is not valid: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeDestination("only http and https URLs are allowed")
     if parts.username or parts.password:

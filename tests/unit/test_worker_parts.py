@@ -74,7 +74,7 @@ async def test_a_public_name_passes() -> None:
     assert [str(a) for a in await check_url("https://hooks.example.com:8443/x", resolve=resolver)] == ["93.184.216.34"]
 
 
-@pytest.mark.parametrize("url", ["gopher://x/", "http:///x", "http://u:p@example.com/", "http://metadata.google.internal/", "http://x.localhost/"])
+@pytest.mark.parametrize("url", ["gopher://x/", "http:///x", "http://[::1/x", "http://example.com:99999/", "http://u:p@example.com/", "http://metadata.google.internal/", "http://x.localhost/"])
 async def test_malformed_or_named_unsafe_urls(url: str) -> None:
     async def resolver(host: str, port: int) -> list[str]:
         raise AssertionError("no lookup expected")
