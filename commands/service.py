@@ -14,7 +14,8 @@ from typing import Any
 
 from commands import authz, passwords, project, project_name, task, user, user_email
 from commands.authz import Actor
-from commands.errors import DomainError, Forbidden, IllegalTransition, NotFound
+from commands.errors import DomainError, Forbidden, IllegalTransition, NotFound, ValidationFailed
+from commands.decider import fold
 from commands.handler import Loaded, WriteContext, Written, execute, load, load_many
 from commands.states import StateCache
 from event_store.protocol import EventStore, StreamAppend
@@ -27,7 +28,8 @@ from schemas.projects import (
     ReserveProjectName,
     UpdateProject,
 )
-from schemas.tasks import CancelTask, SubmitTask
+from schemas.envelope import RecordedEvent
+from schemas.tasks import CancelTask, FailTask, RequeueTask, StartTask, SubmitTask, SucceedTask
 from schemas.users import ChangeUserRole, ClaimUserEmail, DeactivateUser, RegisterUser, UpdateUserProfile
 
 
@@ -40,6 +42,7 @@ class Service:
     store: EventStore
     retries: int = 3
     cache: StateCache = field(default_factory=StateCache)
+    task_kinds: frozenset[str] | None = None  # set: a submission of another kind is refused (422)
 
     async def _run(self, plan: Any, ctx: WriteContext) -> Written:
         return await execute(self.store, plan, ctx, retries=self.retries)
@@ -171,6 +174,10 @@ class Service:
 
         return await self._run(plan, ctx)
 
+    async def authorize_project(self, actor: Actor, project_id: uuid.UUID, need: authz.Need) -> None:
+        """Check that the caller (as stored now) may ``need`` the project; 404/403 otherwise."""
+        await self._project_and_actor(project_id, actor, need)
+
     async def _project(self, project_id: uuid.UUID, actor: Actor, need: authz.Need) -> Loaded[project.State]:
         proj = await load(self.store, project.DECIDER, project.stream_for(project_id), self.cache)
         authz.project_access(proj.state, actor, need)
@@ -187,6 +194,9 @@ class Service:
     # --- tasks -----------------------------------------------------------------------------
 
     async def submit_task(self, actor: Actor, project_id: uuid.UUID, *, spec: dict[str, Any], ctx: WriteContext) -> Written:
+        if self.task_kinds is not None and spec.get("kind") not in self.task_kinds:
+            message = f"no worker handles this kind; known kinds: {', '.join(sorted(self.task_kinds))}"
+            raise ValidationFailed(message, errors=[{"field": "kind", "message": message}])
         task_id = uuid.uuid4()  # new, so its stream is empty: the append expects NO_STREAM
         command = SubmitTask(task_id=task_id, project_id=project_id, **spec)
 
@@ -212,6 +222,52 @@ class Service:
             return [cancelled, proj.guard(), *([account.guard()] if account.version else [])]
 
         return await self._run(plan, ctx)
+
+    async def requeue_task(self, actor: Actor, task_id: uuid.UUID, *, reason: str, ctx: WriteContext) -> Written:
+        """An admin gives a finally failed task one more attempt."""
+        actor = await self._current(actor)
+        authz.admin_only(actor)
+
+        async def plan(_attempt: int) -> list[StreamAppend]:
+            job = await load(self.store, task.DECIDER, task.stream_for(task_id), self.cache)
+            if job.state is None:
+                raise NotFound("no such task")
+            return [job.append(task.decide(job.state, RequeueTask(task_id=task_id, reason=reason)))]
+
+        return await self._run(plan, ctx)
+
+    async def task_history(self, actor: Actor, task_id: uuid.UUID) -> list[RecordedEvent]:
+        """The task's events, for a caller who may view its project."""
+        events = await self.store.read_stream(task.stream_for(task_id))
+        if not events:
+            raise NotFound("no such task")
+        project_id = uuid.UUID(str(events[0].data["project_id"]))
+        try:
+            await self._project_and_actor(project_id, actor, "view")
+        except NotFound:
+            raise NotFound("no such task") from None
+        return events
+
+    # --- task outcomes (workers) -----------------------------------------------------------
+
+    async def report_task(
+        self, command: StartTask | SucceedTask | FailTask, *, ctx: WriteContext, known: Loaded[task.State] | None = None
+    ) -> tuple[Written, task.State]:
+        """A worker's report, decided on the task's stream like any command. ``known``: a
+        state the worker already holds, tried first (a stale one fails the append and the plan
+        runs again on what is stored). Returns the append and the task's state after it."""
+        stream = task.stream_for(command.task_id)
+        after: list[task.State] = []
+
+        async def plan(attempt: int) -> list[StreamAppend]:
+            job = known if known is not None and attempt == 0 else await load(self.store, task.DECIDER, stream, self.cache)
+            events = task.decide(job.state, command)
+            after[:] = [fold(task.evolve, job.state, events)]
+            return [job.append(events)]
+
+        written = await self._run(plan, ctx)
+        self.cache.put(stream, written.primary.version, after[0])
+        return written, after[0]
 
     async def _project_and_actor(
         self, project_id: uuid.UUID, actor: Actor, need: authz.Need, *, trust_cache: bool = False, live: bool = False

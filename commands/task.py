@@ -8,8 +8,10 @@ Lifecycle (every other transition raises ``IllegalTransition``)::
     running --FailTask-->    queued       if retryable and attempt < max_attempts
     running --FailTask-->    failed       otherwise (final)
     queued | running --CancelTask--> cancelled
+    failed  --RequeueTask--> queued       one more attempt (max_attempts = attempts + 1)
 
-``succeeded``, ``failed`` and ``cancelled`` are final. A report naming another attempt
+``succeeded``, ``failed`` and ``cancelled`` are final, except that an admin may requeue a
+failed task while it has used fewer than MAX_ATTEMPTS_LIMIT attempts. A report naming another attempt
 than the current one raises ``StaleAttempt`` (a timed-out worker reporting late). A worker
 whose task was cancelled while running gets ``IllegalTransition`` for its report and
 should drop its result. Timeouts are reported by a sweeper as ``FailTask`` with the
@@ -26,9 +28,11 @@ from commands.decider import Decider, InvalidHistory
 from commands.errors import AlreadyExists, IllegalTransition, NotFound, StaleAttempt
 from schemas.envelope import stream_name
 from schemas.tasks import (
+    MAX_ATTEMPTS_LIMIT,
     TERMINAL_STATUSES,
     CancelTask,
     FailTask,
+    RequeueTask,
     StartTask,
     SubmitTask,
     SucceedTask,
@@ -36,6 +40,7 @@ from schemas.tasks import (
     TaskCommand,
     TaskEvent,
     TaskFailed,
+    TaskRequeued,
     TaskStarted,
     TaskStatus,
     TaskSubmitted,
@@ -54,6 +59,7 @@ LEGAL_EDGES: frozenset[tuple[TaskStatus | None, TaskStatus]] = frozenset(
         ("running", "failed"),
         ("running", "queued"),
         ("running", "cancelled"),
+        ("failed", "queued"),
     }
 )
 
@@ -102,14 +108,18 @@ def decide(state: State, command: TaskCommand) -> list[TaskEvent]:
     if state is None:
         raise NotFound(f"task {command.task_id} does not exist", task_id=str(command.task_id))
     match command:
-        case StartTask(worker_id=worker_id, attempt=attempt):
+        case StartTask(worker_id=worker_id, attempt=attempt, lease_id=lease_id, lease_seconds=lease_seconds):
             _require_status(state, command, "queued")
             _require_attempt(state, attempt, state.attempts + 1)
-            return [TaskStarted(task_id=state.task_id, worker_id=worker_id, attempt=attempt)]
-        case SucceedTask(attempt=attempt, result_ref=result_ref, summary=summary):
+            return [
+                TaskStarted(task_id=state.task_id, worker_id=worker_id, attempt=attempt, lease_id=lease_id, lease_seconds=lease_seconds)
+            ]
+        case SucceedTask(attempt=attempt, result_ref=result_ref, summary=summary, result=result):
             _require_status(state, command, "running")
             _require_attempt(state, attempt, state.attempts)
-            return [TaskSucceeded(task_id=state.task_id, attempt=attempt, result_ref=result_ref, summary=summary)]
+            return [
+                TaskSucceeded(task_id=state.task_id, attempt=attempt, result_ref=result_ref, summary=summary, result=result)
+            ]
         case FailTask(attempt=attempt, error=error, retryable=retryable):
             _require_status(state, command, "running")
             _require_attempt(state, attempt, state.attempts)
@@ -118,6 +128,16 @@ def decide(state: State, command: TaskCommand) -> list[TaskEvent]:
         case CancelTask(reason=reason):
             _require_status(state, command, "queued", "running")
             return [TaskCancelled(task_id=state.task_id, reason=reason)]
+        case RequeueTask(reason=reason):
+            _require_status(state, command, "failed")
+            if state.attempts >= MAX_ATTEMPTS_LIMIT:
+                raise IllegalTransition(
+                    f"task {state.task_id} used {state.attempts} attempts, the most a task may have",
+                    task_id=str(state.task_id),
+                    current_status=state.status,
+                    command=command.TYPE,
+                )
+            return [TaskRequeued(task_id=state.task_id, max_attempts=state.attempts + 1, reason=reason)]
     raise TypeError(f"not a task command: {command!r}")
 
 
@@ -164,6 +184,8 @@ def evolve(state: State, event: TaskEvent) -> State:
             return replace(state, status="queued" if retry_scheduled else "failed")
         case TaskCancelled():
             return replace(state, status="cancelled")
+        case TaskRequeued(max_attempts=max_attempts):
+            return replace(state, status="queued", max_attempts=max_attempts)
     raise TypeError(f"not a task event: {event!r}")
 
 

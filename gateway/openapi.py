@@ -107,6 +107,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
         for name in _PARAM.findall(endpoint.path)
     ]
+    params += list(endpoint.query)
     if endpoint.auth:
         op["security"] = [{"bearer": []}]
     elif endpoint.optional_auth:
@@ -123,7 +124,10 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
             "content": {"application/json": {"schema": _schema(endpoint.body, components)}},
         }
     ok_model = endpoint.response or Accepted
-    ok: dict[str, Any] = {"description": "Done", "content": {"application/json": {"schema": _schema(ok_model, components)}}}
+    if ok_model is bytes:
+        ok: dict[str, Any] = {"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    else:
+        ok = {"description": "Done", "content": {"application/json": {"schema": _schema(ok_model, components)}}}
     headers = dict(_RATE_FIELDS) if limited else {}
     if ok_model is Accepted:
         headers["ETag"] = {"required": True, "schema": {"type": "string", "pattern": '^"[0-9]+"$'}, "description": "the stream's new version"}

@@ -30,6 +30,8 @@ from gateway.bodies import (
 )
 from gateway.http import path_uuid, read_body, write_context, written
 from gateway.ratelimit import RateLimits
+from gateway import worker_routes as w
+from gateway.worker_routes import WorkerDeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Deps:
     max_body_bytes: int
     limits: RateLimits | None = None  # per route class, checked for every endpoint by gateway.app
     reads: Any = None  # gateway.readmodels.Reads: the query API (None: this gateway serves no reads)
+    workers: WorkerDeps | None = None  # the worker pool's endpoints (results, dead tasks, webhooks)
 
 
 Handler = Callable[[Request, Deps], Awaitable[Response]]
@@ -61,7 +64,7 @@ class Endpoint:
     body_required: bool = True  # False: the body may be left out entirely (no Content-Type, no bytes)
     writes: bool | None = None  # takes If-Match, Idempotency-Key, X-Correlation-ID; by default: not GET
     creates: str | None = None  # the path parameter that the answer's ``id`` fills (OpenAPI links)
-    response: type[BaseModel] | None = None  # the success body in the OpenAPI document; None: Accepted
+    response: type[BaseModel] | type[bytes] | None = None  # the success body in the OpenAPI document; None: Accepted
 
     @property
     def route_class(self) -> str:
@@ -199,4 +202,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("DELETE", "/v1/projects/{project_id}/members/{user_id}", remove_member, "Remove a member", status=200),
     Endpoint("POST", "/v1/projects/{project_id}/tasks", submit_task, "Submit a task", SubmitTaskBody, status=202, creates="task_id"),
     Endpoint("POST", "/v1/tasks/{task_id}/cancel", cancel_task, "Cancel a task", ReasonBody, status=202, body_required=False),
+)  # fmt: skip
+
+# The worker pool (issue 10): results and download links, dead tasks and requeue, webhooks.
+ENDPOINTS += (
+    Endpoint("GET", "/v1/tasks/{task_id}/result", w.task_result, "A succeeded task's result: inline, or a time-limited download link", status=200, errors=(401, 404, 409), response=w.Document),
+    Endpoint("GET", "/v1/blobs", w.download_blob, "Download a result from the local store with a signed link", status=200, auth=False, errors=(403, 404, 422), response=bytes, query=w.LINK_PARAMETERS),
+    Endpoint("GET", "/v1/admin/tasks/dead", w.dead_tasks, "Finally failed tasks, most recent first (admins)", status=200, errors=(401, 403, 422), response=w.Listing, query=w.LIMIT_PARAMETER),
+    Endpoint("POST", "/v1/tasks/{task_id}/retry", w.retry_task, "Requeue a finally failed task for one more attempt (admins)", ReasonBody, status=202),
+    Endpoint("POST", "/v1/projects/{project_id}/webhooks", w.register_webhook, "Register a webhook endpoint (answers its secret once)", w.WebhookBody, status=201, response=w.Document),
+    Endpoint("GET", "/v1/projects/{project_id}/webhooks", w.list_webhooks, "A project's webhook endpoints, with why one was disabled", status=200, errors=(401, 403, 404), response=w.Listing),
+    Endpoint("DELETE", "/v1/projects/{project_id}/webhooks/{webhook_id}", w.delete_webhook, "Delete a webhook endpoint", status=200, errors=(401, 403, 404), response=w.Document),
+    Endpoint("POST", "/v1/projects/{project_id}/webhooks/{webhook_id}/rotate", w.rotate_webhook, "New secret; the old one signs for a grace period", status=200, errors=(401, 403, 404), response=w.Document),
+    Endpoint("GET", "/v1/projects/{project_id}/webhooks/{webhook_id}/deliveries", w.webhook_deliveries, "The endpoint's delivery log, newest first", status=200, errors=(401, 403, 404), response=w.Listing),
 )  # fmt: skip

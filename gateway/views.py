@@ -59,6 +59,7 @@ class TaskView(BaseModel):
     cancelled_at: str | None
     updated_at: str
     result_ref: str | None
+    result: Any = None  # a small result, inline; a large one is at result_ref (GET /v1/tasks/{id}/result)
     summary: str | None
     last_error: str | None
     cancel_reason: str | None

@@ -42,6 +42,7 @@ def apply(row: Row | None, event: RecordedEvent) -> Row:
             failed_at=None,
             cancelled_at=None,
             result_ref=None,
+            result=None,
             summary=None,
             last_error=None,
             cancel_reason=None,
@@ -54,11 +55,13 @@ def apply(row: Row | None, event: RecordedEvent) -> Row:
                        started_at=at, retry_scheduled=False)  # fmt: skip
     if event.type == "task.succeeded":
         return stamped(row, event, status="succeeded", succeeded_at=at, result_ref=data.get("result_ref"),
-                       summary=data.get("summary", ""))  # fmt: skip
+                       result=data.get("result"), summary=data.get("summary", ""))  # fmt: skip
     if event.type == "task.failed":
         retry = bool(data["retry_scheduled"])
         return stamped(row, event, status="queued" if retry else "failed", failed_at=at, last_error=data["error"],
                        retry_scheduled=retry)  # fmt: skip
+    if event.type == "task.requeued":  # an admin granted a finally failed task one more attempt
+        return stamped(row, event, status="queued", max_attempts=data["max_attempts"], retry_scheduled=False)
     if event.type == "task.cancelled":
         return stamped(row, event, status="cancelled", cancelled_at=at, cancel_reason=data.get("reason", ""))
     raise UnknownEvent(NAME, event)
@@ -82,7 +85,7 @@ MODEL = ReadModel(
     key="task_id",
     columns=("task_id", "project_id", "kind", "payload", "status", "priority", "max_attempts", "timeout_seconds",
              "attempts", "worker_id", "submitted_at", "started_at", "succeeded_at", "failed_at", "cancelled_at",
-             "updated_at", "result_ref", "summary", "last_error", "cancel_reason", "retry_scheduled",
+             "updated_at", "result_ref", "result", "summary", "last_error", "cancel_reason", "retry_scheduled",
              "created_position", "version", "global_position"),
     apply=apply,
 )  # fmt: skip

@@ -76,6 +76,7 @@ def task(row: Mapping[str, Any]) -> View:
         "cancelled_at": _time(row["cancelled_at"]),
         "updated_at": _time(row["updated_at"]),
         "result_ref": row["result_ref"],
+        "result": row.get("result"),
         "summary": row["summary"],
         "last_error": row["last_error"],
         "cancel_reason": row["cancel_reason"],

@@ -2,7 +2,7 @@
 
 Statuses (see ``commands.task`` for the rules): ``queued`` -> ``running`` ->
 ``succeeded`` | ``failed`` | back to ``queued`` for a retry; ``cancelled`` from
-``queued`` or ``running``.
+``queued`` or ``running``; an admin may requeue a ``failed`` task (``TaskRequeued``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({"succeeded", "failed", "ca
 MAX_ATTEMPTS_LIMIT = 20
 MAX_TIMEOUT_SECONDS = 86_400
 MAX_PAYLOAD_BYTES = 64 * 1024  # checked on the command only, so stored events always decode
+MAX_INLINE_RESULT_BYTES = 16 * 1024  # larger results go to blob storage (result_ref)
 
 TaskKind = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 Priority = Annotated[int, Field(ge=0, le=9, description="0 is the lowest, 9 the highest")]
@@ -33,6 +34,7 @@ ResultRef = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Summary = Annotated[str, StringConstraints(max_length=2000)]
 ErrorText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
+LeaseSeconds = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_SECONDS)]
 Payload = dict[str, JsonValue]
 
 
@@ -52,20 +54,28 @@ class TaskSubmitted(DomainEvent):
 
 
 class TaskStarted(DomainEvent):
+    """``lease_id``/``lease_seconds``: the worker's lease on the attempt (renewed while it runs;
+    another worker takes the task over once it expires)."""
+
     TYPE: ClassVar[str] = "task.started"
 
     task_id: uuid.UUID
     worker_id: WorkerId
     attempt: Attempt
+    lease_id: uuid.UUID | None = None
+    lease_seconds: LeaseSeconds | None = None
 
 
 class TaskSucceeded(DomainEvent):
+    """``result`` holds a small result inline; a large one is in blob storage at ``result_ref``."""
+
     TYPE: ClassVar[str] = "task.succeeded"
 
     task_id: uuid.UUID
     attempt: Attempt
     result_ref: ResultRef | None = None
     summary: Summary = ""
+    result: JsonValue = None
 
 
 class TaskFailed(DomainEvent):
@@ -86,8 +96,21 @@ class TaskCancelled(DomainEvent):
     reason: Reason = ""
 
 
-TaskEvent: TypeAlias = TaskSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskCancelled
-TASK_EVENTS: tuple[type[DomainEvent], ...] = (TaskSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskCancelled)
+class TaskRequeued(DomainEvent):
+    """An admin put a finally failed task back in the queue with ``max_attempts`` as its new
+    limit (one more attempt than it used)."""
+
+    TYPE: ClassVar[str] = "task.requeued"
+
+    task_id: uuid.UUID
+    max_attempts: MaxAttempts
+    reason: Reason = ""
+
+
+TaskEvent: TypeAlias = TaskSubmitted | TaskStarted | TaskSucceeded | TaskFailed | TaskCancelled | TaskRequeued
+TASK_EVENTS: tuple[type[DomainEvent], ...] = (
+    TaskSubmitted, TaskStarted, TaskSucceeded, TaskFailed, TaskCancelled, TaskRequeued,
+)  # fmt: skip
 
 
 # -- commands -------------------------------------------------------------------------
@@ -121,6 +144,8 @@ class StartTask(Command):
     task_id: uuid.UUID
     worker_id: WorkerId
     attempt: Attempt
+    lease_id: uuid.UUID | None = None
+    lease_seconds: LeaseSeconds | None = None
 
 
 class SucceedTask(Command):
@@ -130,6 +155,15 @@ class SucceedTask(Command):
     attempt: Attempt
     result_ref: ResultRef | None = None
     summary: Summary = ""
+    result: JsonValue = None
+
+    @field_validator("result")
+    @classmethod
+    def _result_size(cls, result: JsonValue) -> JsonValue:
+        size = len(json.dumps(result, separators=(",", ":")).encode())
+        if size > MAX_INLINE_RESULT_BYTES:
+            raise ValueError(f"an inline result is {size} bytes, more than {MAX_INLINE_RESULT_BYTES}: store it as a blob")
+        return result
 
 
 class FailTask(Command):
@@ -150,5 +184,14 @@ class CancelTask(Command):
     reason: Reason = ""
 
 
-TaskCommand: TypeAlias = SubmitTask | StartTask | SucceedTask | FailTask | CancelTask
-TASK_COMMANDS: tuple[type[Command], ...] = (SubmitTask, StartTask, SucceedTask, FailTask, CancelTask)
+class RequeueTask(Command):
+    """Give a finally failed task one more attempt (admins)."""
+
+    TYPE: ClassVar[str] = "task.requeue"
+
+    task_id: uuid.UUID
+    reason: Reason = ""
+
+
+TaskCommand: TypeAlias = SubmitTask | StartTask | SucceedTask | FailTask | CancelTask | RequeueTask
+TASK_COMMANDS: tuple[type[Command], ...] = (SubmitTask, StartTask, SucceedTask, FailTask, CancelTask, RequeueTask)

@@ -231,6 +231,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_work(args: argparse.Namespace) -> int:
+    from taskstream.wiring import run_worker
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _install_stop(stop)
+        await run_worker(_settings(), stop, concurrency=args.concurrency, metrics_port=args.metrics_port)
+
+    asyncio.run(main())
+    return 0
+
+
 def cmd_later(args: argparse.Namespace) -> int:
     print(f"taskstream {args.command}: not built yet (projections and workers come in later issues)", file=sys.stderr)
     return 2
@@ -272,7 +284,11 @@ def parser() -> argparse.ArgumentParser:
     projection.add_argument("--all", action="store_true", help="failures: include resolved ones")
     projection.add_argument("--limit", type=int, default=100)
     projection.set_defaults(func=cmd_projection)
-    for later in ("work", "replay"):
+    work = sub.add_parser("work", help="run a worker of the task pool")
+    work.add_argument("--concurrency", type=int, help="tasks at a time in this process (default WORKER_CONCURRENCY)")
+    work.add_argument("--metrics-port", type=int, help="port of this worker's /metrics (default WORKER_METRICS_PORT; 0: none)")
+    work.set_defaults(func=cmd_work)
+    for later in ("replay",):
         sub.add_parser(later, help="(not built yet)").set_defaults(func=cmd_later)
     return p
 

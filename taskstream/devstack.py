@@ -33,6 +33,7 @@ class DevPorts:
     kafka: int = 19092
     relay_metrics: int = 9464  # /metrics of the relay (the gateway serves its own on http)
     projector_metrics: int = 9465  # /metrics of the projector
+    worker_metrics: int = 9101  # and the next port: one /metrics per worker
 
     @classmethod
     def from_env(cls) -> DevPorts:
@@ -47,6 +48,7 @@ class DevPorts:
             kafka=port("TASKSTREAM_KAFKA_PORT", default.kafka),
             relay_metrics=port("TASKSTREAM_RELAY_METRICS_PORT", default.relay_metrics),
             projector_metrics=port("TASKSTREAM_PROJECTOR_METRICS_PORT", default.projector_metrics),
+            worker_metrics=port("TASKSTREAM_WORKER_METRICS_PORT", default.worker_metrics),
         )
 
 
@@ -84,6 +86,8 @@ def run(home: Path, ports: DevPorts) -> int:
             ("tansu", ports.kafka, "TASKSTREAM_KAFKA_PORT"),
             ("the relay's metrics", ports.relay_metrics, "TASKSTREAM_RELAY_METRICS_PORT"),
             ("the projector's metrics", ports.projector_metrics, "TASKSTREAM_PROJECTOR_METRICS_PORT"),
+            ("worker 1's /metrics", ports.worker_metrics, "TASKSTREAM_WORKER_METRICS_PORT"),
+            ("worker 2's /metrics", ports.worker_metrics + 1, "TASKSTREAM_WORKER_METRICS_PORT"),
         ):
             embedded.ensure_port_free(name, port, var)
     except embedded.PortInUse as exc:
@@ -123,6 +127,8 @@ def run(home: Path, ports: DevPorts) -> int:
             "LOG_FORMAT": os.environ.get("LOG_FORMAT", "text"),
             "METRICS_DISK_PATHS": str(home),
             "PROJECTOR_SESSION_TIMEOUT": "3",  # tansu's group join takes half the session timeout
+            "WEBHOOK_ALLOW_LOOPBACK": "1",  # everything runs on this machine: local receivers work
+            "TASK_KINDS_CHECK": "1",  # the gateway refuses kinds the workers do not know
         }
         cli = [sys.executable, "-m", "taskstream.cli"]
         children = (
@@ -134,6 +140,12 @@ def run(home: Path, ports: DevPorts) -> int:
             proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env={**env, **own})
             started.append(embedded.ServerProcess(name, "", 0, proc, home / "logs" / f"{name}.log"))
         gateway = next(s for s in started if s.name == "gateway")
+        # The worker pool: the development row of the sizing table, 2 workers.
+        for n in (1, 2):
+            name, port = f"worker-{n}", ports.worker_metrics + n - 1
+            argv = [*cli, "work", "--concurrency", "8", "--metrics-port", str(port)]
+            proc = embedded.spawn(name, argv, home / "logs" / f"{name}.log", env=env)
+            started.append(embedded.ServerProcess(name, "", port, proc, home / "logs" / f"{name}.log"))
         embedded.wait_until(lambda: embedded.accepts(ports.http), gateway, timeout=60)
 
         from gateway.auth import build_auth
@@ -147,6 +159,7 @@ def run(home: Path, ports: DevPorts) -> int:
             f"  PostgreSQL {app_url} (migrations: {owner_url})\n  Redis      {valkey.url}\n  Kafka      {tansu.url}\n"
             f"  metrics    http://127.0.0.1:{ports.http}/metrics (gateway), http://127.0.0.1:{ports.relay_metrics}/metrics (relay),"
             f" http://127.0.0.1:{ports.projector_metrics}/metrics (projector)\n"
+            f"  workers    2, metrics at http://127.0.0.1:{ports.worker_metrics}/metrics and :{ports.worker_metrics + 1}\n"
             f"  logs       {home / 'logs'}\n\n"
             f"admin token (7 days):\n{token}\n\n"
             f"try: curl -H 'Authorization: Bearer <token>' http://127.0.0.1:{ports.http}/readyz\n"

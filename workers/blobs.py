@@ -278,6 +278,15 @@ class S3BlobStore:
         validate_key(key)
         await self._call(lambda c: c.delete_object(Bucket=self.bucket, Key=key))
 
+    async def presign(self, key: str, ttl_seconds: int) -> str:
+        """A GET URL valid for ``ttl_seconds`` (SigV4; no request is made)."""
+        validate_key(key)
+        return str(
+            await self._call(
+                lambda c: c.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=ttl_seconds)
+            )
+        )
+
     def _ensure_bucket(self, client: Any) -> None:
         from botocore.exceptions import ClientError
 

@@ -79,6 +79,7 @@ def upgrade() -> None:
             cancelled_at     timestamptz,
             updated_at       timestamptz NOT NULL,
             result_ref       text,
+            result           jsonb,
             summary          text,
             last_error       text,
             cancel_reason    text,

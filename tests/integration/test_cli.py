@@ -96,7 +96,7 @@ async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothin
     from taskstream import embedded
 
     home = tmp_path / "home"
-    ports = {name: embedded.free_port() for name in ("HTTP", "PG", "REDIS", "KAFKA", "RELAY_METRICS")}
+    ports = {name: embedded.free_port() for name in ("HTTP", "PG", "REDIS", "KAFKA", "RELAY_METRICS", "PROJECTOR_METRICS", "WORKER_METRICS")}
     env = {**os.environ, **{f"TASKSTREAM_{name}_PORT": str(port) for name, port in ports.items()}}
     base = f"http://127.0.0.1:{ports['HTTP']}"
     credentials = {"email": f"dev-{uuid.uuid4().hex[:8]}@example.org", "password": "password-1"}
@@ -135,6 +135,18 @@ async def test_dev_runs_everything_keeps_data_across_a_restart_and_leaves_nothin
         relay_log = (home / "logs" / "relay.log").read_text().splitlines()
         assert any("relay publishing from position" in line for line in relay_log)
         assert not any(line.startswith("{") for line in relay_log)
+        await run_a_task(client, token)
+
+    async def run_a_task(client: httpx.AsyncClient, token: str) -> None:
+        """The dev stack's workers run tasks (and refuse kinds no worker knows)."""
+        auth = {"Authorization": f"Bearer {token}"}
+        project = (await client.post("/v1/projects", json={"name": "dev"}, headers=auth)).json()["id"]
+        assert (await client.post(f"/v1/projects/{project}/tasks", json={"kind": "no.such"}, headers=auth)).status_code == 422
+        submitted = await client.post(f"/v1/projects/{project}/tasks", json={"kind": "echo", "payload": {"hi": 1}}, headers=auth)
+        async with asyncio.timeout(60):
+            while (result := await client.get(f"/v1/tasks/{submitted.json()['id']}/result", headers=auth)).status_code != 200:
+                await asyncio.sleep(0.2)
+        assert result.json()["result"] == {"hi": 1}
 
     async def log_in(client: httpx.AsyncClient, _token: str) -> None:
         assert (await client.post("/v1/auth/token", json=credentials)).status_code == 200

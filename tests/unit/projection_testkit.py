@@ -14,7 +14,7 @@ from commands import project, task, user
 from schemas.base import DomainEvent
 from schemas.envelope import RecordedEvent
 from schemas.projects import AddProjectMember, ArchiveProject, CreateProject, RemoveProjectMember, UpdateProject
-from schemas.tasks import CancelTask, FailTask, StartTask, SubmitTask, SucceedTask
+from schemas.tasks import CancelTask, FailTask, RequeueTask, StartTask, SubmitTask, SucceedTask
 from schemas.users import ChangeUserRole, DeactivateUser, RegisterUser, UpdateUserProfile
 from tests.unit.domain_testkit import Aggregate
 
@@ -29,15 +29,16 @@ def task_history(draw: st.DrawFn, project_id: uuid.UUID | None = None) -> Aggreg
     project_id = project_id or uuid.uuid4()
     agg.run(SubmitTask(task_id=task_id, project_id=project_id, kind=draw(st.sampled_from(["echo", "sleep"])),
                        payload={"n": draw(st.integers(0, 9))}, max_attempts=draw(st.integers(1, 3))))  # fmt: skip
-    for step in draw(st.lists(st.sampled_from(["start", "succeed", "fail", "fail_final", "cancel"]), max_size=8)):
+    for step in draw(st.lists(st.sampled_from(["start", "succeed", "fail", "fail_final", "cancel", "requeue"]), max_size=8)):
         state = agg.state
         n = state.attempts
         command = {
             "start": lambda: StartTask(task_id=task_id, worker_id=f"w{n}", attempt=n + 1),
-            "succeed": lambda: SucceedTask(task_id=task_id, attempt=max(n, 1), result_ref="r", summary="ok"),
+            "succeed": lambda: SucceedTask(task_id=task_id, attempt=max(n, 1), result_ref="r", summary="ok", result={"n": n}),
             "fail": lambda: FailTask(task_id=task_id, attempt=max(n, 1), error="boom"),
             "fail_final": lambda: FailTask(task_id=task_id, attempt=max(n, 1), error="fatal", retryable=False),
             "cancel": lambda: CancelTask(task_id=task_id, reason="stop"),
+            "requeue": lambda: RequeueTask(task_id=task_id, reason="again"),
         }[step]()
         agg.run(command)  # refused commands leave the history as it is
     return agg

@@ -63,14 +63,19 @@ STRATEGIES: dict[type[DomainEvent], st.SearchStrategy[Any]] = {
         max_attempts=attempts,
         timeout_seconds=st.integers(1, 86_400),
     ),
-    t.TaskStarted: st.builds(t.TaskStarted, task_id=ids, worker_id=names.map(str.strip), attempt=attempts),
+    t.TaskStarted: st.builds(
+        t.TaskStarted, task_id=ids, worker_id=names.map(str.strip), attempt=attempts, lease_id=st.none() | ids,
+        lease_seconds=st.none() | st.floats(0.5, 3600),
+    ),  # fmt: skip
     t.TaskSucceeded: st.builds(
-        t.TaskSucceeded, task_id=ids, attempt=attempts, result_ref=st.none() | names, summary=free_text
+        t.TaskSucceeded, task_id=ids, attempt=attempts, result_ref=st.none() | names, summary=free_text,
+        result=st.none() | payloads,
     ),
     t.TaskFailed: st.builds(
         t.TaskFailed, task_id=ids, attempt=attempts, error=names, retry_scheduled=st.booleans()
     ),
     t.TaskCancelled: st.builds(t.TaskCancelled, task_id=ids, reason=free_text),
+    t.TaskRequeued: st.builds(t.TaskRequeued, task_id=ids, max_attempts=attempts, reason=free_text),
 }
 
 

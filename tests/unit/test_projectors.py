@@ -69,6 +69,8 @@ def test_a_task_row_agrees_with_the_deciders_state(history) -> None:  # noqa: AN
     assert row["attempts"] == state.attempts
     assert row["worker_id"] == state.worker_id
     assert (row["kind"], row["priority"], row["max_attempts"]) == (state.kind, state.priority, state.max_attempts)
+    if state.status == "succeeded":
+        assert row["result"] == history.history[-1].result
     assert row["version"] == len(history.history)
 
 

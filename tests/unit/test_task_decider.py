@@ -12,11 +12,13 @@ from commands.errors import AlreadyExists, IllegalTransition, NotFound, StaleAtt
 from schemas.tasks import (
     CancelTask,
     FailTask,
+    RequeueTask,
     StartTask,
     SubmitTask,
     SucceedTask,
     TaskCancelled,
     TaskFailed,
+    TaskRequeued,
     TaskStarted,
     TaskSubmitted,
     TaskSucceeded,
@@ -133,6 +135,11 @@ ILLEGAL = [
             CancelTask(task_id=TASK),
         )
     ],
+    *[
+        (status, history, RequeueTask(task_id=TASK))
+        for status, history in [("queued", [SUBMITTED]), ("running", [SUBMITTED, STARTED_1]),
+                                ("succeeded", FINAL_HISTORIES["succeeded"]), ("cancelled", FINAL_HISTORIES["cancelled"])]
+    ],  # fmt: skip
 ]
 
 
@@ -177,3 +184,55 @@ def test_evolve_tracks_status_attempts_and_worker() -> None:
 def test_evolve_refuses_events_before_submission() -> None:
     with pytest.raises(InvalidHistory):
         fold(task.evolve, None, [STARTED_1])
+
+
+def test_succeed_with_an_inline_result() -> None:
+    command = SucceedTask(task_id=TASK, attempt=1, summary="2 items", result={"items": [1, 2]})
+    assert when([SUBMITTED, STARTED_1], command) == [
+        TaskSucceeded(task_id=TASK, attempt=1, summary="2 items", result={"items": [1, 2]})
+    ]
+
+
+def test_an_inline_result_too_large_is_refused_on_the_command() -> None:
+    from pydantic import ValidationError
+
+    from schemas.tasks import MAX_INLINE_RESULT_BYTES
+
+    with pytest.raises(ValidationError):
+        SucceedTask(task_id=TASK, attempt=1, result="x" * MAX_INLINE_RESULT_BYTES)
+
+
+def test_requeue_a_failed_task_grants_one_more_attempt() -> None:
+    history = FINAL_HISTORIES["failed"]
+    requeued = TaskRequeued(task_id=TASK, max_attempts=3, reason="fixed the input")
+    assert when(history, RequeueTask(task_id=TASK, reason="fixed the input")) == [requeued]
+    state = fold(task.evolve, None, [*history, requeued])
+    assert state is not None and state.status == "queued" and state.attempts == 2 and state.max_attempts == 3
+    # the next attempt is the third, and it may fail finally again
+    started = TaskStarted(task_id=TASK, worker_id="w3", attempt=3)
+    assert when([*history, requeued], StartTask(task_id=TASK, worker_id="w3", attempt=3)) == [started]
+    assert when([*history, requeued, started], FailTask(task_id=TASK, attempt=3, error="again")) == [
+        TaskFailed(task_id=TASK, attempt=3, error="again", retry_scheduled=False)
+    ]
+
+
+def test_requeue_stops_at_the_attempt_limit() -> None:
+    from schemas.tasks import MAX_ATTEMPTS_LIMIT
+
+    state = task.TaskState(
+        task_id=TASK, project_id=PROJECT, kind="k", priority=5, max_attempts=MAX_ATTEMPTS_LIMIT,
+        timeout_seconds=60, status="failed", attempts=MAX_ATTEMPTS_LIMIT,
+    )  # fmt: skip
+    with pytest.raises(IllegalTransition):
+        task.decide(state, RequeueTask(task_id=TASK))
+
+
+def test_requeue_of_an_unknown_task_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        when([], RequeueTask(task_id=TASK))
+
+
+def test_start_records_the_lease() -> None:
+    lease = uuid.UUID("00000000-0000-0000-0000-0000000000d1")
+    command = StartTask(task_id=TASK, worker_id="w1", attempt=1, lease_id=lease, lease_seconds=30)
+    assert when([SUBMITTED], command) == [TaskStarted(task_id=TASK, worker_id="w1", attempt=1, lease_id=lease, lease_seconds=30)]

@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from commands import task
 from commands.errors import AlreadyExists, IllegalTransition, StaleAttempt
-from schemas.tasks import CancelTask, FailTask, StartTask, SubmitTask, SucceedTask
+from schemas.tasks import CancelTask, FailTask, RequeueTask, StartTask, SubmitTask, SucceedTask
 from tests.unit.domain_testkit import Aggregate
 
 TASK = uuid.UUID("00000000-0000-0000-0000-0000000000c1")
@@ -24,6 +24,7 @@ EDGES = {
     ("running", "failed"),
     ("running", "queued"),
     ("running", "cancelled"),
+    ("failed", "queued"),  # an admin's requeue
 }
 FINAL = {"succeeded", "failed", "cancelled"}
 # Offsets from the right attempt number, biased towards the right one.
@@ -87,6 +88,13 @@ class TaskMachine(RuleBasedStateMachine):
         self._expect(CancelTask(task_id=TASK), {"queued", "running"}, None)
 
     @rule()
+    def requeue(self) -> None:
+        before = self.state
+        self._expect(RequeueTask(task_id=TASK), {"failed"}, None)
+        if self.state is not before:
+            assert self.state.max_attempts == before.attempts + 1
+
+    @rule()
     def submit_again(self) -> None:
         before = self.state
         assert isinstance(self.task.run(SubmitTask(task_id=TASK, project_id=PROJECT, kind="k")), AlreadyExists)
@@ -102,11 +110,13 @@ class TaskMachine(RuleBasedStateMachine):
 
     @invariant()
     def a_final_task_stays_final(self) -> None:
+        """Only a failed task ever leaves a final status, and only through a requeue."""
         statuses = [task.evolve(None, self.task.history[0])]  # type: ignore[arg-type]
         for event in self.task.history[1:]:
             statuses.append(task.evolve(statuses[-1], event))  # type: ignore[arg-type]
-        finals = [i for i, s in enumerate(statuses) if s is not None and s.status in FINAL]
-        assert not finals or finals[0] == len(statuses) - 1
+        for i, s in enumerate(statuses[:-1]):
+            if s is not None and s.status in FINAL:
+                assert s.status == "failed" and self.task.history[i + 1].TYPE == "task.requeued"
 
     @invariant()
     def replay_from_the_store_equals_the_incremental_state(self) -> None:

@@ -1,0 +1,305 @@
+"""No-op tasks end to end: taskstream's worker pool beside Celery 5 with a Redis broker.
+
+taskstream: ``POST /v1/projects/{id}/tasks`` (kind ``echo``, empty payload) through the gateway
+(``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes; a task is done
+when its ``task.succeeded`` event is committed in PostgreSQL (fsync on: every transition,
+submitted, started, succeeded, is durable). Celery 5: ``send_task`` from this process to the
+embedded Valkey as broker, 2 ``celery worker --pool solo`` processes (``acks_late``), results
+in Valkey (no persistence); a task is done when its result is stored (``date_done``).
+
+Both run the same no-op on the same machine in the same run, one after the other:
+1. throughput: BENCH_TASKS (default 2000) tasks submitted as fast as the client can (64
+   connections for HTTP, one thread for Celery); figure = tasks / (last done - first submitted);
+2. latency at a fixed rate: BENCH_RATE (default 200) tasks/s for BENCH_RATE_SECONDS (default
+   10); figure = p50/p99 of (done - submitted) per task.
+
+Done times are server-side stamps (recorded_at of the event; the result's date_done), on the
+same clock as this process. The read model (the tasks table filled by the projector) is not
+part of this branch; the event store is the source of truth it is built from.
+
+Prints one JSON line with both throughputs, ratio = ours / Celery's (goal >= 1), and both
+latency figures (goal: our p50 and p99 each <= 2x Celery's). Caveat: the load generator, both
+systems and all servers share one 2-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TASKS = int(os.environ.get("BENCH_TASKS", 2000))
+RATE = float(os.environ.get("BENCH_RATE", 200))
+RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", 10))
+CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", 32))
+CONNECTIONS = 64
+HOST = "127.0.0.1"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def utc_seconds(stamp: datetime) -> float:
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+# --- taskstream ----------------------------------------------------------------------------
+
+
+async def ours_setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    import httpx
+
+    from gateway.auth import build_auth
+    from taskstream.settings import Settings
+
+    issuer, _ = build_auth(Settings.from_env(env))
+    assert issuer is not None
+    admin = {"Authorization": f"Bearer {issuer.issue(str(uuid.uuid4()), 'admin', ttl_seconds=6 * 3600)}"}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not become ready")
+            await asyncio.sleep(0.2)
+        response = await client.post("/v1/projects", json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, headers=admin)
+        response.raise_for_status()
+        return f"{base}/v1/projects/{response.json()['id']}/tasks", admin
+
+
+async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> dict[str, float]:
+    """POST one task per scheduled offset (0 for all: as fast as 64 connections go);
+    return task id -> wall time just before its request was sent."""
+    import aiohttp
+
+    body = json.dumps({"kind": "echo", "payload": {}}).encode()
+    sent: dict[str, float] = {}
+    gate = asyncio.Semaphore(CONNECTIONS)
+    start = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+    async with aiohttp.ClientSession(connector=connector, headers={**headers, "Content-Type": "application/json"}) as session:
+
+        async def one(offset: float) -> None:
+            delay = start + offset - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with gate:
+                at = time.time()
+                async with session.post(url, data=body) as response:
+                    if response.status != 202:
+                        raise RuntimeError(f"submission answered {response.status}: {await response.text()}")
+                    sent[str((await response.json())["id"])] = at
+
+        await asyncio.gather(*(one(o) for o in schedule))
+    return sent
+
+
+async def ours_done(database_url: str, sent: dict[str, float], timeout: float = 300) -> dict[str, float]:
+    """Wait until every task's task.succeeded is committed; return id -> its recorded_at."""
+    import psycopg
+
+    streams = [f"task-{i}" for i in sent]
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute(
+                "SELECT stream_id, recorded_at FROM events WHERE stream_id = ANY(%s) AND type = 'task.succeeded'", (streams,)
+            )
+            rows = await cur.fetchall()
+            if len(rows) >= len(sent):
+                return {stream.removeprefix("task-"): recorded.timestamp() for stream, recorded in rows}
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(rows)} of {len(sent)} tasks succeeded in {timeout:.0f} s")
+            await asyncio.sleep(0.25)
+
+
+# --- Celery --------------------------------------------------------------------------------
+
+
+def celery_submit(schedule: list[float]) -> dict[str, tuple[Any, float]]:
+    from bench.baselines.celery_noop import app
+
+    sent: dict[str, tuple[Any, float]] = {}
+    start = time.monotonic()
+    for offset in schedule:
+        delay = start + offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        at = time.time()
+        result = app.send_task("bench.noop")
+        sent[result.id] = (result, at)
+    return sent
+
+
+def celery_done(sent: dict[str, tuple[Any, float]], timeout: float = 300) -> dict[str, float]:
+    from bench.baselines.celery_noop import app
+
+    deadline = time.monotonic() + timeout
+    done: dict[str, float] = {}
+    pending = list(sent)
+    while pending:
+        still = []
+        for task_id in pending:
+            meta = app.backend.get_task_meta(task_id)
+            if meta.get("status") == "SUCCESS" and meta.get("date_done"):
+                stamp = meta["date_done"]
+                stamp = datetime.fromisoformat(stamp) if isinstance(stamp, str) else stamp
+                done[task_id] = utc_seconds(stamp)
+            else:
+                still.append(task_id)
+        pending = still
+        if pending:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Celery: {len(pending)} tasks not done after {timeout:.0f} s")
+            time.sleep(0.25)
+    return done
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def throughput(sent_at: dict[str, float], done_at: dict[str, float]) -> float:
+    return len(done_at) / (max(done_at.values()) - min(sent_at.values()))
+
+
+def latencies(sent_at: dict[str, float], done_at: dict[str, float]) -> dict[str, float]:
+    values = [max(0.0, done_at[i] - sent_at[i]) * 1000 for i in sent_at]
+    return {"p50_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 0.99), 1), "n": len(values)}
+
+
+async def stages(database_url: str, ids: list[str]) -> dict[str, float]:
+    """Medians of where the time went: submitted -> started -> succeeded (server stamps)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT stream_id, type, recorded_at FROM events WHERE stream_id = ANY(%s)", ([f"task-{i}" for i in ids],)
+        )
+        stamps: dict[str, dict[str, float]] = {}
+        for stream, type_, recorded in await cur.fetchall():
+            stamps.setdefault(stream, {})[type_] = recorded.timestamp()
+    queued = [s["task.started"] - s["task.submitted"] for s in stamps.values()]
+    ran = [s["task.succeeded"] - s["task.started"] for s in stamps.values()]
+    return {"submitted_to_started_p50_ms": round(statistics.median(queued) * 1000, 1),
+            "started_to_succeeded_p50_ms": round(statistics.median(ran) * 1000, 1)}  # fmt: skip
+
+
+async def run_ours(url: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
+    await ours_done(database_url, await ours_submit(url, headers, [0.0] * 200))  # warm-up
+    sent = await ours_submit(url, headers, [0.0] * TASKS)
+    done = await ours_done(database_url, sent)
+    rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
+    sent_r = await ours_submit(url, headers, rated)
+    done_r = await ours_done(database_url, sent_r)
+    return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, list(sent_r))}
+
+
+def run_celery() -> dict[str, Any]:
+    celery_done(celery_submit([0.0] * 200))  # warm-up
+    sent = celery_submit([0.0] * TASKS)
+    done = celery_done(sent)
+    rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
+    sent_r = celery_submit(rated)
+    done_r = celery_done(sent_r)
+    plain = {k: v[1] for k, v in sent.items()}
+    plain_r = {k: v[1] for k, v in sent_r.items()}
+    return {"tasks_per_s": round(throughput(plain, done), 1), **latencies(plain_r, done_r)}
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    from taskstream import embedded
+    from taskstream.migrate import upgrade
+
+    folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-tasks-"))
+    started: list[embedded.ServerProcess] = []
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
+        started.append(pg)
+        valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
+        started.append(valkey)
+        tansu = embedded.start_tansu(folder / "tansu", embedded.free_port())
+        started.append(tansu)
+        upgrade(pg.url)
+        http_port = embedded.free_port()
+        redis_base = valkey.url.rsplit("/", 1)[0] if valkey.url.count("/") > 2 else valkey.url
+        env = {
+            **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": pg.url, "REDIS_URL": valkey.url,
+            "KAFKA_BOOTSTRAP_SERVERS": tansu.url, "JWT_SECRET": secrets.token_urlsafe(48), "TASKSTREAM_DEV_MODE": "1",
+            "HTTP_PORT": str(http_port), "BLOB_DIR": str(folder / "blobs"), "WORKER_METRICS_PORT": "0",
+            "WORKER_SESSION_TIMEOUT_MS": "2000", "CELERY_BROKER_URL": f"{redis_base}/1", "CELERY_RESULT_BACKEND": f"{redis_base}/2",
+        }  # fmt: skip
+        cli = [sys.executable, "-m", "taskstream.cli"]
+        children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])]
+        children += [(f"worker-{n}", [*cli, "work", "--concurrency", str(CONCURRENCY)]) for n in (1, 2)]
+        celery = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_noop", "worker", "--pool", "solo", "--loglevel", "WARNING"]
+        children += [(f"celery-{n}", [*celery, "-n", f"bench{n}@%h"]) for n in (1, 2)]
+        for name, argv in children:
+            proc = embedded.spawn(name, argv, folder / f"{name}.log", env=env, cwd=ROOT)
+            started.append(embedded.ServerProcess(name, "", 0, proc, folder / f"{name}.log"))
+        os.environ.update({k: env[k] for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")})
+        url, headers = asyncio.run(ours_setup(f"http://{HOST}:{http_port}", env))
+        pids = {s.name: s.process.pid for s in started}
+        before = {n: cpu_seconds(p) for n, p in pids.items()}
+        began = time.monotonic()
+        ours = asyncio.run(run_ours(url, headers, pg.url))
+        elapsed = time.monotonic() - began
+        ours["cpu_cores"] = {n: round((cpu_seconds(p) - before[n]) / elapsed, 2) for n, p in pids.items() if not n.startswith("celery")}
+        before = {n: cpu_seconds(p) for n, p in pids.items()}
+        began = time.monotonic()
+        theirs = run_celery()
+        elapsed = time.monotonic() - began
+        theirs["cpu_cores"] = {n: round((cpu_seconds(p) - before[n]) / elapsed, 2) for n, p in pids.items() if n.startswith("celery") or n == "Valkey"}
+        ratio = ours["tasks_per_s"] / theirs["tasks_per_s"]
+        report = {
+            "benchmark": "tasks", "tasks": TASKS, "rate_per_s": RATE, "rate_seconds": RATE_SECONDS, "worker_processes": 2,
+            "taskstream_worker_concurrency": CONCURRENCY, "taskstream": ours, "celery": theirs, "ratio": round(ratio, 2),
+            "p50_vs_celery": round(ours["p50_ms"] / max(theirs["p50_ms"], 0.1), 2),
+            "p99_vs_celery": round(ours["p99_ms"] / max(theirs["p99_ms"], 0.1), 2),
+            "goal": "ratio >= 1 and p50, p99 each <= 2x Celery's",
+        }  # fmt: skip
+        report["goal_met"] = ratio >= 1 and report["p50_vs_celery"] <= 2 and report["p99_vs_celery"] <= 2
+        print(json.dumps(report), flush=True)
+        return 0
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

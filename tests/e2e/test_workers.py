@@ -1,0 +1,283 @@
+"""The worker pool end to end: real gateway, relay, broker and `taskstream work` processes.
+
+Outcomes are checked in the task's stream in the event store (the source of truth)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import pytest
+
+from event_store.postgres import PostgresEventStore
+from taskstream import embedded
+from taskstream.settings import Settings
+from tests.e2e.conftest import User
+from tests.support.receiver import Receiver, receiver
+from tests.support.worker_pool import Pool, serve_gateway, worker_pool
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def pool_folder() -> AsyncIterator[Path]:
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="taskstream-workers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def pool(store: PostgresEventStore, database_url: str, kafka_bootstrap: str, pool_folder: Path) -> AsyncIterator[Pool]:
+    async with worker_pool(store, database_url, kafka_bootstrap, pool_folder) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+async def api(gateway_settings: Settings, pool_folder: Path) -> AsyncIterator[str]:
+    """A gateway sharing the workers' blob folder, refusing unknown kinds, allowing loopback webhooks."""
+    settings = dataclasses.replace(
+        gateway_settings, http_port=embedded.free_port(), blob_dir=pool_folder / "blobs", task_kinds_check=True,
+        webhook_allow_loopback=True, blob_link_ttl_seconds=60,
+    )  # fmt: skip
+    async with serve_gateway(settings) as url:
+        yield url
+
+
+@pytest.fixture
+async def http(api: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api, timeout=10) as c:
+        yield c
+
+
+async def submit(http: httpx.AsyncClient, owner: User, project: str, kind: str, payload: dict | None = None, **spec: object) -> str:
+    response = await http.post(f"/v1/projects/{project}/tasks", json={"kind": kind, "payload": payload or {}, **spec}, headers=owner.auth)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def types(events: list) -> list[str]:
+    return [e.type for e in events]
+
+
+async def test_each_built_in_kind_succeeds(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    async with receiver() as rx:
+        target = rx.on("/ping", 200)
+        ids = {
+            "echo": await submit(http, owner, project, "echo", {"hello": "world", "n": [1, 2]}),
+            "sleep": await submit(http, owner, project, "sleep", {"seconds": 0.2}),
+            "http.request": await submit(http, owner, project, "http.request", {"url": target, "method": "POST", "json": {"a": 1}}),
+        }
+        for task_id in ids.values():
+            await pool.wait_status(task_id, "succeeded", "failed")
+        assert json.loads(rx.at("/ping")[0].body) == {"a": 1}
+    done = {kind: (await pool.events(task_id))[-1] for kind, task_id in ids.items()}
+    assert all(e.type == "task.succeeded" for e in done.values()), {k: (e.type, e.data) for k, e in done.items()}
+    assert done["echo"].data["result"] == {"hello": "world", "n": [1, 2]}
+    assert done["sleep"].data["result"]["slept_seconds"] >= 0.2
+    assert done["http.request"].data["result"]["status"] == 200
+    # the export holds the project's stream and every task stream of the project, as JSON Lines
+    export = await submit(http, owner, project, "project.export")
+    await pool.wait_status(export, "succeeded")
+    result = (await http.get(f"/v1/tasks/{export}/result", headers=owner.auth)).json()
+    assert result["result_ref"].startswith("blob://local/exports/") and result["download"]["url"]
+    lines = [json.loads(line) for line in (await http.get(result["download"]["url"])).content.splitlines()]
+    streams = {line["stream"] for line in lines}
+    assert f"project-{project}" in streams and {f"task-{i}" for i in ids.values()} <= streams
+    assert result["result"]["events"] == len(lines)
+
+
+async def test_an_unknown_kind_is_refused_at_submission(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    response = await http.post(f"/v1/projects/{project}/tasks", json={"kind": "no.such.kind"}, headers=owner.auth)
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "kind"
+
+
+async def test_an_unknown_kind_that_got_in_fails_clearly(pool: Pool, client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    # the shared gateway does not check kinds: the worker must fail the task, not hang
+    response = await client.post(f"/v1/projects/{project}/tasks", json={"kind": "no.such.kind", "max_attempts": 3}, headers=owner.auth)
+    task_id = response.json()["id"]
+    events = await pool.wait_status(task_id, "failed")
+    assert types(events) == ["task.submitted", "task.started", "task.failed"]
+    assert "no handler for task kind 'no.such.kind'" in events[-1].data["error"] and not events[-1].data["retry_scheduled"]
+
+
+async def test_workers_share_the_work(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    ids = [await submit(http, owner, project, "sleep", {"seconds": 0.5}) for _ in range(8)]
+    workers = set()
+    for task_id in ids:
+        events = await pool.wait_status(task_id, "succeeded")
+        assert types(events) == ["task.submitted", "task.started", "task.succeeded"]
+        workers.add(events[1].data["worker_id"])
+        assert uuid.UUID(events[1].data["lease_id"]) and events[1].data["lease_seconds"] == 3.0
+    assert len(workers) == 2  # 8 half-second tasks, 2 slots per worker: both workers ran some
+
+
+async def test_retries_with_backoff_then_success(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    async with receiver() as rx:
+        url = rx.on("/flaky", 500, 500, 200)
+        task_id = await submit(http, owner, project, "http.request", {"url": url}, max_attempts=3)
+        events = await pool.wait_status(task_id, "succeeded", "failed")
+    assert types(events) == ["task.submitted", *["task.started", "task.failed"] * 2, "task.started", "task.succeeded"]
+    failures = [e for e in events if e.type == "task.failed"]
+    assert all(f.data["retry_scheduled"] and "answered 500" in f.data["error"] for f in failures)
+    assert [e.data["attempt"] for e in events if e.type == "task.started"] == [1, 2, 3]
+    # backoff: the retry did not start before its delay (base 0.2 s: at least 0.1 s with jitter)
+    first_fail, second_start = failures[0], [e for e in events if e.type == "task.started"][1]
+    assert (second_start.recorded_at - first_fail.recorded_at).total_seconds() >= 0.1
+
+
+async def test_final_failure_dead_list_and_requeue(pool: Pool, http: httpx.AsyncClient, new_user, new_project, issuer) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    admin = {"Authorization": f"Bearer {issuer.issue(str(uuid.uuid4()), 'admin')}"}
+    async with receiver() as rx:
+        url = rx.on("/down", 503)
+        task_id = await submit(http, owner, project, "http.request", {"url": url}, max_attempts=2)
+        events = await pool.wait_status(task_id, "failed")
+        assert types(events)[-1] == "task.failed" and not events[-1].data["retry_scheduled"]
+        async with asyncio.timeout(10):
+            while (row := await pool.row(task_id)) is None or row[0] != "dead":
+                await asyncio.sleep(0.1)
+        dead = await http.get("/v1/admin/tasks/dead", headers=admin)
+        assert dead.status_code == 200
+        [item] = [i for i in dead.json()["items"] if i["task_id"] == task_id]
+        assert item["attempts"] == 2 and "503" in item["last_error"]
+        assert (await http.get("/v1/admin/tasks/dead", headers=owner.auth)).status_code == 403
+        assert (await http.post(f"/v1/tasks/{task_id}/retry", headers=owner.auth)).status_code == 403
+        rx.on("/down", 200)
+        requeued = await http.post(f"/v1/tasks/{task_id}/retry", json={"reason": "receiver fixed"}, headers=admin)
+        assert requeued.status_code == 202, requeued.text
+        events = await pool.wait_status(task_id, "succeeded", timeout=30)
+    assert types(events)[-3:] == ["task.requeued", "task.started", "task.succeeded"]
+    assert events[-1].data["attempt"] == 3
+    again = await http.post(f"/v1/tasks/{task_id}/retry", headers=admin)
+    assert again.status_code == 409  # only a failed task can be requeued
+
+
+async def test_a_task_past_its_timeout_fails_as_timed_out(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 60}, timeout_seconds=1)
+    events = await pool.wait_status(task_id, "failed", timeout=30)
+    assert types(events) == ["task.submitted", "task.started", "task.failed"]
+    assert events[-1].data["error"] == "timed out after 1 s" and not events[-1].data["retry_scheduled"]
+
+
+async def test_cancel_a_running_task_stops_it(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 60})
+    await pool.wait_status(task_id, "running")
+    assert (await http.post(f"/v1/tasks/{task_id}/cancel", headers=owner.auth)).status_code == 202
+    # the handler was stopped: its worker put the task at rest long before the 60 s sleep ends
+    async with asyncio.timeout(10):
+        while (row := await pool.row(task_id)) is None or row[0] != "cancelled":
+            await asyncio.sleep(0.1)
+    assert types(await pool.events(task_id)) == ["task.submitted", "task.started", "task.cancelled"]
+
+
+async def test_a_cancelled_task_is_never_started(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    busy = [await submit(http, owner, project, "sleep", {"seconds": 3}) for _ in range(4)]  # every slot of the pool
+    for task_id in busy:
+        await pool.wait_status(task_id, "running")
+    waiting = await submit(http, owner, project, "echo", {"x": 1})
+    assert (await http.post(f"/v1/tasks/{waiting}/cancel", headers=owner.auth)).status_code == 202
+    for task_id in busy:
+        await pool.wait_status(task_id, "succeeded")
+    control = await submit(http, owner, project, "echo", {"x": 2})  # the pool is free again and runs new work
+    await pool.wait_status(control, "succeeded")
+    assert types(await pool.events(waiting)) == ["task.submitted", "task.cancelled"]
+
+
+async def test_large_results_go_to_blob_storage_with_signed_links(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    payload = {"blob": "x" * 40_000}
+    task_id = await submit(http, owner, project, "echo", payload)
+    events = await pool.wait_status(task_id, "succeeded")
+    assert events[-1].data["result"] is None and events[-1].data["result_ref"].startswith("blob://local/results/")
+    result = (await http.get(f"/v1/tasks/{task_id}/result", headers=owner.auth)).json()
+    url = result["download"]["url"]
+    assert json.loads((await http.get(url)).content) == payload
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    altered = {**query, "expires": str(int(query["expires"]) + 3600)}
+    other_key = {**query, "key": query["key"].replace("attempt-1", "attempt-2")}
+    expired = {**query, "expires": "1000"}
+    for bad in (altered, other_key, expired, {**query, "signature": query["signature"][:-2] + "AA"}):
+        refused = await http.get(f"/v1/blobs?{urlencode(bad)}")
+        assert refused.status_code == 403, bad
+    stranger = await new_user()
+    assert (await http.get(f"/v1/tasks/{task_id}/result", headers=stranger.auth)).status_code == 404
+
+
+async def test_worker_metrics(pool: Pool) -> None:
+    async with httpx.AsyncClient(timeout=5) as c:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    text = (await c.get(f"http://127.0.0.1:{pool.workers[0].metrics_port}/metrics")).text
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.2)
+    for name in ("taskstream_task_queue_depth", "taskstream_worker_busy_slots", "taskstream_worker_slots"):
+        assert f"\n{name}" in text or text.startswith(name) or f"# TYPE {name} gauge" in text
+    assert 'taskstream_worker_slots{worker="' in text and "} 2.0" in text
+
+
+async def test_a_task_longer_than_the_lease_keeps_it_by_renewal(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 7})  # the pool's lease is 3 s
+    events = await pool.wait_status(task_id, "succeeded", "failed", timeout=60)
+    assert types(events) == ["task.submitted", "task.started", "task.succeeded"]  # never taken over
+
+
+async def test_sigterm_mid_task_hands_the_task_over(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 4}, max_attempts=3)
+    events = await pool.wait_status(task_id, "running")
+    stopping = pool.by_worker_id(events[-1].data["worker_id"])
+    await asyncio.to_thread(stopping.stop)  # SIGTERM: 1 s of grace (the pool's setting), then the attempt is given up
+    pool.spawn()
+    events = await pool.wait_status(task_id, "succeeded", timeout=60)
+    assert types(events) == ["task.submitted", "task.started", "task.failed", "task.started", "task.succeeded"]
+    assert "stopped during the attempt" in events[2].data["error"] and events[2].data["retry_scheduled"]
+    assert stopping.process.returncode == 0
+
+
+async def test_kill_9_mid_task_finishes_exactly_once(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+    owner = await new_user()
+    project = await new_project(owner)
+    task_id = await submit(http, owner, project, "sleep", {"seconds": 2}, max_attempts=3)
+    events = await pool.wait_status(task_id, "running")
+    victim = pool.by_worker_id(events[-1].data["worker_id"])
+    victim.kill()
+    pool.spawn()  # keep two workers for the tests after this one
+    events = await pool.wait_status(task_id, "succeeded", timeout=60)
+    assert types(events) == ["task.submitted", "task.started", "task.failed", "task.started", "task.succeeded"]
+    assert "lost" in events[2].data["error"] and events[2].data["retry_scheduled"]
+    assert events[3].data["worker_id"] != events[1].data["worker_id"]
+    await asyncio.sleep(4)  # more than a lease: nothing runs it again
+    assert types(await pool.events(task_id)).count("task.succeeded") == 1

@@ -1,0 +1,41 @@
+"""The worker's own metrics (names are a contract: alert rules use them).
+
+- ``taskstream_task_queue_depth``: tasks submitted and not started yet (first runs and
+  retries waiting for their turn), from ``worker_tasks``; every worker reports the same
+  pool-wide number.
+- ``taskstream_worker_busy_slots`` / ``taskstream_worker_slots``: this process's running
+  tasks and its concurrency; utilisation is their ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMetrics:
+    registry: CollectorRegistry
+    queue_depth: Gauge
+    busy_slots: Gauge
+    slots: Gauge
+    outcomes: Counter
+
+    @classmethod
+    def create(cls, worker_id: str, concurrency: int) -> WorkerMetrics:
+        registry = CollectorRegistry()
+        labels = {"worker": worker_id}
+        metrics = cls(
+            registry,
+            Gauge("taskstream_task_queue_depth", "Tasks submitted and not started yet", registry=registry),
+            Gauge("taskstream_worker_busy_slots", "Task slots of this worker running a task", list(labels), registry=registry),
+            Gauge("taskstream_worker_slots", "Task slots of this worker (its concurrency)", list(labels), registry=registry),
+            Counter("taskstream_worker_webhook_attempts", "Webhook delivery attempts", ["outcome"], registry=registry),
+        )
+        metrics.slots.labels(**labels).set(concurrency)
+        metrics.busy_slots.labels(**labels).set(0)
+        return metrics
+
+    def set_busy(self, worker_id: str, busy: int) -> None:
+        self.busy_slots.labels(worker=worker_id).set(busy)

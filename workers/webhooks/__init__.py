@@ -1,0 +1,1 @@
+"""Webhooks: endpoints registered per project, signed deliveries of task transitions."""
