@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.projects import ProjectRole
 from schemas.tasks import MaxAttempts, Payload, Priority, TaskKind, TimeoutSeconds
@@ -122,9 +122,10 @@ class PutMemberBody(Body):
 class SubmitTaskBody(Body):
     kind: TaskKind
     payload: EdgePayload = Field(default_factory=dict)
-    priority: Priority = 5
-    max_attempts: MaxAttempts = 3
-    timeout_seconds: TimeoutSeconds = 300
+    # Strict: a JSON true or 2.0 is not a number of attempts (pydantic's lax mode would take it).
+    priority: Annotated[Priority, Strict()] = 5
+    max_attempts: Annotated[MaxAttempts, Strict()] = 3
+    timeout_seconds: Annotated[TimeoutSeconds, Strict()] = 300
 
 
 class Accepted(Body):

@@ -22,7 +22,7 @@ from gateway.http import path_uuid, read_body, write_context, written
 
 
 class WebhookBody(Body):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+[^\s]*$")]
     event_types: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=100)]], Field(min_length=1, max_length=20)] = ["*"]
 
 
@@ -99,10 +99,10 @@ async def download_blob(request: Request, deps: Any) -> Response:
 async def dead_tasks(request: Request, deps: Any) -> Response:
     actor = await _actor(request, deps)
     admin_only(actor)
-    try:
-        limit = max(1, min(500, int(request.query_params.get("limit", "100"))))
-    except ValueError:
-        raise ValidationFailed("limit must be a number", errors=[{"field": "limit", "message": "not a number"}]) from None
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise ValidationFailed("limit must be an integer from 1 to 500", errors=[{"field": "limit", "message": "1 to 500"}])
+    limit = int(raw)
     return JSONResponse({"items": await _parts(deps).dead_tasks(limit)})
 
 

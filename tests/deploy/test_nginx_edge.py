@@ -222,10 +222,11 @@ async def test_a_spoofed_x_forwarded_for_does_not_change_the_address_the_rate_li
         assert response.status_code == 401
     redis = Redis.from_url(edge_settings.redis_url)
     try:
-        keys = {k.decode().rsplit(":", 1)[-1]: int(await redis.get(k)) for k in await redis.keys("taskstream:ratelimit:credentials:*")}
+        # GCRA: one key per address counted (its value is the theoretical arrival time, not a count)
+        keys = {k.decode().rsplit(":", 1)[-1] for k in await redis.keys("taskstream:ratelimit:credentials:*")}
     finally:
         await redis.aclose()
-    assert keys[spoofer] == LIMIT + 1 and keys[honest] == 1 and keys[direct] == 1
+    assert {spoofer, honest, direct} <= keys
     assert "127.0.0.1" not in keys and not any(a.startswith("127.0.") and a not in {spoofer, honest, direct} for a in keys)
 
 

@@ -39,20 +39,21 @@ class Stack:
     relay_metrics: str
     prometheus: str
     database_url: str
+    admin_url: str  # the same database as a superuser (to make it refuse writes)
     jwt_secret: str
 
 
 @pytest.fixture
-def own_database(database_url: str) -> Iterator[str]:
-    name = f"prom_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = urlsplit(database_url)._replace(path=f"/{name}").geturl()
+def own_database(database_urls: dict[str, str]) -> Iterator[str]:
+    """A database of its own, as the app role (made by tests.conftest.create_database)."""
+    from tests.conftest import create_database
+
+    url = create_database(database_urls)
+    name = urlsplit(url).path.lstrip("/")
     try:
-        upgrade(url)
         yield url
     finally:
-        with psycopg.connect(database_url, autocommit=True) as admin:
+        with psycopg.connect(database_urls["admin"], autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -62,7 +63,7 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str], port: int)
 
 
 @pytest.fixture
-async def stack(own_database: str, redis_url: str, tansu_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(own_database: str, database_urls: dict[str, str], redis_url: str, tansu_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
     prometheus = tool("prometheus")
     tool("promtool")
     gateway_port, relay_port, prometheus_port = embedded.free_port(), embedded.free_port(), embedded.free_port()
@@ -103,7 +104,8 @@ async def stack(own_database: str, redis_url: str, tansu_bootstrap: str, tmp_pat
         )
         for server in started:
             await asyncio.to_thread(embedded.wait_until, lambda s=server: embedded.accepts(s.port), server, 60)
-        yield Stack(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{prometheus_port}", own_database, secret)
+        yield Stack(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{prometheus_port}", own_database,
+                    urlsplit(database_urls["admin"])._replace(path=urlsplit(own_database).path).geturl(), secret)  # fmt: skip
     finally:
         for server in reversed(started):
             server.stop()
@@ -168,7 +170,7 @@ async def test_prometheus_scrapes_every_process_and_sees_the_error_rate(stack: S
 
         # Inject errors: the database refuses writes from now on (new connections read-only,
         # the existing ones ended), so every project creation fails with 503.
-        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
             name = conninfo_to_dict(stack.database_url)["dbname"]
             conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))

@@ -14,15 +14,17 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from opentelemetry.trace import SpanKind
 
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import ensure_topics, make_producer
+from event_store.kafka import ensure_topics
 from event_store.postgres import PostgresEventStore
-from event_store.relay import Relay, RelayConfig
+from event_store.relay import RelayConfig
 from projections.catalog import MODELS
 from projections.queries import get_row
 from projections.runtime import Projector
 from projections.stream import project_batch
 from schemas.catalog import registry
 from schemas.envelope import CATEGORIES
+from taskstream.settings import Settings
+from taskstream.wiring import build_relay
 from tests.support.tracing import Recorded, recorded_spans
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -43,10 +45,10 @@ def spans() -> Iterator[Recorded]:
 
 async def relay_until(store: PostgresEventStore, bootstrap: str, config: RelayConfig, position: int) -> None:
     checkpoints = Checkpoints(store.pool)
-    producer = make_producer(bootstrap)
-    await producer.start()
     stop = asyncio.Event()
-    relay = Relay(store, checkpoints, producer, config, ensure_topics=lambda t: ensure_topics(bootstrap, t))
+    settings = Settings(database_url="unused", kafka_bootstrap_servers=bootstrap, kafka_topic_prefix=config.topic_prefix,
+                        relay_checkpoint_name=config.checkpoint_name)  # fmt: skip
+    relay = build_relay(settings, store)
     task = asyncio.create_task(relay.run(stop))
     try:
         async with asyncio.timeout(30):
@@ -55,7 +57,6 @@ async def relay_until(store: PostgresEventStore, bootstrap: str, config: RelayCo
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        await producer.stop()
 
 
 async def headers_of(bootstrap: str, topic: str, key: bytes) -> dict[str, bytes]:

@@ -47,8 +47,8 @@ async def test_the_app_role_appends_reads_and_writes_read_models(database_url: s
         row = await (await conn.execute("SELECT version FROM events WHERE stream_id = %s", (stream,))).fetchone()
         assert row == (1,)
         await conn.execute(
-            "INSERT INTO projection_tracking (projection, topic, partition, \"offset\", global_position, event_time)"
-            " VALUES (%s, 't', 0, 1, 1, now())",
+            "INSERT INTO projection_tracking (projection, topic, partition, \"offset\", global_position, event_time, consumer)"
+            " VALUES (%s, 't', 0, 1, 1, now(), 'probe')",
             (f"probe-{uuid.uuid4()}",),
         )
         await conn.execute("UPDATE projection_tracking SET \"offset\" = 2 WHERE projection LIKE 'probe-%%'")

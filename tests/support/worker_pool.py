@@ -18,11 +18,13 @@ from typing import Any
 from commands import task
 from commands.decider import fold
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import ensure_topics, make_producer
+from event_store.kafka import ensure_topics
 from event_store.postgres import PostgresEventStore
-from event_store.relay import Relay, RelayConfig
-from schemas.catalog import public_data, registry
+from event_store.relay import RelayConfig
+from schemas.catalog import registry
 from schemas.envelope import CATEGORIES, RecordedEvent
+from taskstream.settings import Settings
+from taskstream.wiring import build_relay
 from taskstream import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,10 +121,12 @@ async def worker_pool(
     checkpoints = Checkpoints(store.pool)
     await checkpoints.set(config.checkpoint_name, await store.head_position())
     await ensure_topics(bootstrap, [f"{prefix}{c}" for c in CATEGORIES])
-    producer = make_producer(bootstrap)
-    await producer.start()
     stop = asyncio.Event()
-    relay = Relay(store, checkpoints, producer, config, ensure_topics=lambda t: ensure_topics(bootstrap, t), redact=public_data)
+    relay = build_relay(
+        Settings(database_url=database_url, kafka_bootstrap_servers=bootstrap, kafka_topic_prefix=prefix,
+                 relay_checkpoint_name=config.checkpoint_name, relay_batch_size=config.batch_size),
+        store,
+    )  # fmt: skip
     relaying = asyncio.create_task(relay.run(stop))
     folder.mkdir(parents=True, exist_ok=True)
     pool = Pool(
@@ -158,7 +162,6 @@ async def worker_pool(
             w.stop()
         stop.set()
         await asyncio.wait_for(relaying, 10)
-        await producer.stop()
 
 
 @contextlib.asynccontextmanager
