@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, StringConstraints, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
 
 from schemas.projects import ProjectRole
 from schemas.tasks import MaxAttempts, Payload, Priority, TaskKind, TimeoutSeconds
@@ -119,13 +119,19 @@ class PutMemberBody(Body):
     role: ProjectRole
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an integer")
+    return value
+
+
 class SubmitTaskBody(Body):
     kind: TaskKind
     payload: EdgePayload = Field(default_factory=dict)
-    # Strict: a JSON true or 2.0 is not a number of attempts (pydantic's lax mode would take it).
-    priority: Annotated[Priority, Strict()] = 5
-    max_attempts: Annotated[MaxAttempts, Strict()] = 3
-    timeout_seconds: Annotated[TimeoutSeconds, Strict()] = 300
+    # A JSON true is not a number (pydantic's lax mode would take it as 1); 3.0 is the integer 3.
+    priority: Annotated[Priority, BeforeValidator(_no_bool)] = 5
+    max_attempts: Annotated[MaxAttempts, BeforeValidator(_no_bool)] = 3
+    timeout_seconds: Annotated[TimeoutSeconds, BeforeValidator(_no_bool)] = 300
 
 
 class Accepted(Body):

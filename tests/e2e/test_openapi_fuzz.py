@@ -46,7 +46,9 @@ def _st() -> str:
 
 
 @pytest.fixture(scope="module")
-async def fuzz_gateway(gateway_settings: Settings) -> AsyncIterator[str]:
+async def fuzz_gateway(gateway_settings: Settings, read_side: None) -> AsyncIterator[str]:
+    """Its own gateway over the session's relay and projector: schemathesis carries the
+    consistency tokens of write answers into reads, which wait for the projector."""
     settings = dataclasses.replace(
         gateway_settings,
         http_port=embedded.free_port(),
