@@ -6,6 +6,7 @@ project, the requeue decision) and in the worker pool's parts passed in ``Worker
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -18,12 +19,16 @@ from commands.authz import Actor, admin_only
 from commands.errors import Conflict, NotFound, ValidationFailed
 from gateway.auth import bearer_principal
 from gateway.bodies import Body, ReasonBody
+from schemas.tasks import TASK_EVENTS
 from gateway.http import path_uuid, read_body, write_context, written
+
+
+_EVENT_TYPE = "^(?:\\*|" + "|".join(re.escape(cls.TYPE) for cls in TASK_EVENTS) + ")$"  # a task event type, or * for all
 
 
 class WebhookBody(Body):
     url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+[^\s]*$")]
-    event_types: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=100)]], Field(min_length=1, max_length=20)] = ["*"]
+    event_types: Annotated[list[Annotated[str, StringConstraints(pattern=_EVENT_TYPE)]], Field(min_length=1, max_length=20)] = ["*"]
 
 
 class Listing(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from commands.errors import NotFound, ValidationFailed
+from commands.errors import Forbidden, NotFound, ValidationFailed
 from schemas.tasks import TASK_EVENTS
 from workers.ssrf import Resolver, UnsafeDestination, check_url, system_resolver
 from workers.webhooks.signing import new_secret
@@ -35,6 +35,17 @@ def _public(row: Sequence[Any]) -> dict[str, Any]:
 
 
 @dataclass
+class DestinationRefused(Forbidden):
+    """A well-formed URL whose destination the SSRF guard refuses (loopback, private, metadata...):
+    a policy, not a malformed request, so 403 rather than 422."""
+
+    slug = "webhook-destination-refused"
+    title = "This destination may not receive webhooks"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"this URL may not receive webhooks: {reason}", errors=[{"field": "url", "message": reason}])
+
+
 class WebhookEndpoints:
     pool: AsyncConnectionPool
     allow_loopback: bool = False
@@ -50,7 +61,7 @@ class WebhookEndpoints:
         try:
             await check_url(url, allow_loopback=self.allow_loopback, resolve=self.resolve)
         except UnsafeDestination as exc:
-            raise ValidationFailed(f"this URL may not receive webhooks: {exc}", errors=[{"field": "url", "message": str(exc)}]) from None
+            raise DestinationRefused(str(exc)) from None
         endpoint_id, secret = uuid.uuid4(), new_secret()
         async with self.pool.connection() as conn:
             cur = await conn.execute(
