@@ -34,7 +34,6 @@ def _public(row: Sequence[Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-@dataclass
 class DestinationRefused(Forbidden):
     """A well-formed URL whose destination the SSRF guard refuses (loopback, private, metadata...):
     a policy, not a malformed request, so 403 rather than 422."""
@@ -46,6 +45,7 @@ class DestinationRefused(Forbidden):
         super().__init__(f"this URL may not receive webhooks: {reason}", errors=[{"field": "url", "message": reason}])
 
 
+@dataclass
 class WebhookEndpoints:
     pool: AsyncConnectionPool
     allow_loopback: bool = False
