@@ -111,6 +111,7 @@ class Stack:
             "RELAY_LOG_CHECK_INTERVAL": "0.5",
             "RELAY_LEADER_RETRY_SECONDS": "0.2",
             "BLOB_DIR": str(self.home / "blobs"),
+            "METRICS_PORT": "0",  # the relay's /metrics on a free port
         }
 
     def _spawn(self, name: str, command: str) -> embedded.ServerProcess:
@@ -170,7 +171,9 @@ async def _load(stack: Stack, tally: Tally, stop: asyncio.Event, writers: int, r
         return None
 
     async def writer(n: int) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        # Idle connections are dropped by the client (2 s) before uvicorn closes them (5 s): with
+        # equal timeouts a request can go out on a connection the server is closing (ReadError).
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(keepalive_expiry=2.0)) as client:
             user = project = None
             while not stop.is_set():
                 if user is None:

@@ -26,6 +26,7 @@ async def test_one_relay_publishes_and_the_other_takes_over(
     settings = Settings(
         database_url=database_url, kafka_bootstrap_servers=tansu_bootstrap, kafka_topic_prefix=f"lead{unique}.",
         relay_checkpoint_name=f"relay-lead-{unique}", relay_leader_retry_seconds=0.1,
+        metrics_port=0,  # two relays in one process: each its own /metrics port
     )  # fmt: skip
     checkpoints = Checkpoints(store.pool)
     await checkpoints.set(settings.relay_checkpoint_name, await store.head_position())

@@ -57,9 +57,10 @@ async def test_registration_through_the_guard(store: PostgresEventStore) -> None
         return ["192.168.7.7"]
 
     from commands.errors import ValidationFailed
+    from workers.webhooks.endpoints import DestinationRefused
 
     endpoints = WebhookEndpoints(store.pool, allow_loopback=True, resolve=resolver)
-    with pytest.raises(ValidationFailed, match="192.168.7.7"):
+    with pytest.raises(DestinationRefused, match="192.168.7.7"):
         await endpoints.register(uuid.uuid4(), "https://intranet.example.test/hook", ["task.succeeded"], "test")
     with pytest.raises(ValidationFailed):
         await endpoints.register(uuid.uuid4(), "https://example.test/hook", ["task.exploded"], "test")
