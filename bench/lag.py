@@ -178,6 +178,7 @@ def main() -> int:
                "HTTP_HOST": HOST, "HTTP_PORT": str(http_port), "JWT_SECRET": secrets.token_urlsafe(48),
                "TASKSTREAM_DEV_MODE": "1", "KAFKA_TOPIC_PREFIX": prefix, "RELAY_CHECKPOINT_NAME": f"relay-{suffix}",
                "PROJECTOR_GROUP_ID": f"projector-{suffix}", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
+               "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0",
                "BLOB_DIR": str(folder / "blobs")}  # fmt: skip
         cli = [sys.executable, "-m", "taskstream.cli"]
         for name in ("relay", "project", "serve"):
