@@ -31,6 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", 200_000))
 GOAL = 10_000
@@ -117,24 +118,14 @@ async def wait_caught_up(pool: Any, models: list[Any], proc: Any, timeout: float
 def main() -> int:
     from event_store.postgres import PostgresEventStore
     from projections.catalog import MODELS
+    from _servers import servers
     from taskstream import embedded
-    from taskstream.migrate import upgrade
     from taskstream.settings import Settings
 
     folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-project-"))
     started: list[embedded.ServerProcess] = []
     try:
-        urls = {k: os.environ.get(k) for k in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-        if all(urls.values()):
-            db_url, redis_url, kafka = urls["DATABASE_URL"], urls["REDIS_URL"], urls["KAFKA_BOOTSTRAP_SERVERS"]
-        else:
-            pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
-            valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
-            tansu = embedded.start_tansu(folder / "tansu", embedded.free_port())
-            started += [pg, valkey, tansu]
-            db_url, redis_url, kafka = pg.url, valkey.url, tansu.url
-        assert db_url and redis_url and kafka
-        upgrade(db_url)
+        db_url, redis_url, kafka = servers(folder, started)
         tasks = max(1, (EVENTS - EVENTS // 500) // 3)
         projects = max(1, EVENTS // 1000)
         users = max(1, EVENTS - 3 * tasks - projects)

@@ -159,8 +159,8 @@ def main() -> int:
     import httpx
 
     from http_write import wait_ready
+    from _servers import servers
     from taskstream import embedded
-    from taskstream.migrate import upgrade
 
     def on_term(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -169,17 +169,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-read-"))
     started: list[embedded.ServerProcess] = []
     try:
-        urls = {k: os.environ.get(k) for k in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-        if all(urls.values()):
-            db_url, redis_url, kafka = urls["DATABASE_URL"], urls["REDIS_URL"], urls["KAFKA_BOOTSTRAP_SERVERS"]
-        else:
-            pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
-            valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
-            tansu = embedded.start_tansu(folder / "tansu", embedded.free_port())
-            started += [pg, valkey, tansu]
-            db_url, redis_url, kafka = pg.url, valkey.url, tansu.url
-        assert db_url and redis_url and kafka
-        upgrade(db_url)
+        db_url, redis_url, kafka = servers(folder, started)
         http_port = embedded.free_port()
         suffix = secrets.token_hex(4)
         env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "KAFKA_BOOTSTRAP_SERVERS": kafka,

@@ -27,7 +27,7 @@ _EVENT_TYPE = "^(?:\\*|" + "|".join(re.escape(cls.TYPE) for cls in TASK_EVENTS) 
 
 
 class WebhookBody(Body):
-    url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://[^\s/?#]+[^\s]*$")]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[hH][tT][tT][pP][sS]?://[!-~]+$")]  # visible ASCII only (an IDN host in punycode)
     event_types: Annotated[list[Annotated[str, StringConstraints(pattern=_EVENT_TYPE)]], Field(min_length=1, max_length=20)] = ["*"]
 
 
