@@ -48,8 +48,7 @@ def _token(request: Request) -> dict[str, int] | None:
     return consistency.decode(raw) if raw is not None else None
 
 
-async def _caller(request: Request, deps: Deps, reads: Reads, *, fresh: bool) -> Actor:
-    actor = await _actor(request, deps)
+async def _caller(actor: Actor, reads: Reads, *, fresh: bool) -> Actor:
     try:
         user_id = uuid.UUID(actor.user_id)
     except ValueError:
@@ -66,19 +65,15 @@ def _may_see(project: dict[str, Any], caller: Actor) -> bool:
     return caller.is_admin or any(m["user_id"] == caller.user_id for m in project["members"])
 
 
-async def _authenticate(request: Request, deps: Deps) -> None:
-    """401 before anything about the request's parameters is said."""
-    await _actor(request, deps)
-
-
-async def _prepare(request: Request, deps: Deps) -> tuple[Reads, Actor, bool]:
-    """The reads, the caller, and whether a consistency token was presented (and waited for).
-    Call it after the parameters are checked: a bad one is a 422 or 404 without any wait."""
+async def _prepare(request: Request, deps: Deps, actor: Actor) -> tuple[Reads, Actor, bool]:
+    """The reads, the caller as stored, and whether a consistency token was presented (and
+    waited for). Handlers authenticate first (``_actor``: 401 before anything about the
+    parameters is said), check their parameters (422/404 without any wait), then call this."""
     reads = _reads(deps)
     required = _token(request)
     if required:
         await reads.wait_for(required)
-    caller = await _caller(request, deps, reads, fresh=required is not None)
+    caller = await _caller(actor, reads, fresh=required is not None)
     return reads, caller, required is not None
 
 
@@ -108,8 +103,8 @@ def _answer(request: Request, model: str, entry: Entry, headers: dict[str, str])
 
 
 async def get_me(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
-    reads, caller, fresh = await _prepare(request, deps)
+    actor = await _actor(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     entry = await reads.get("users", caller.user_id, fresh=fresh) if _is_uuid(caller.user_id) else None
     if entry is None:
         raise NotFound("no user read model for this token's subject yet")
@@ -117,9 +112,9 @@ async def get_me(request: Request, deps: Deps) -> Response:
 
 
 async def get_user(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
+    actor = await _actor(request, deps)
     user_id = path_uuid(request, "user_id")
-    reads, caller, fresh = await _prepare(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     authz.self_or_admin(caller, user_id)
     entry = await reads.get("users", user_id, fresh=fresh)
     if entry is None:
@@ -128,9 +123,9 @@ async def get_user(request: Request, deps: Deps) -> Response:
 
 
 async def get_project(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
+    actor = await _actor(request, deps)
     project_id = path_uuid(request, "project_id")
-    reads, caller, fresh = await _prepare(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     entry = await reads.get("projects", project_id, fresh=fresh)
     if entry is None or not _may_see(entry.view, caller):
         raise NotFound("no such project")
@@ -138,9 +133,9 @@ async def get_project(request: Request, deps: Deps) -> Response:
 
 
 async def get_task(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
+    actor = await _actor(request, deps)
     task_id = path_uuid(request, "task_id")
-    reads, caller, fresh = await _prepare(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     entry = await reads.get("tasks", task_id, fresh=fresh)
     if entry is None:
         raise NotFound("no such task")
@@ -151,15 +146,15 @@ async def get_task(request: Request, deps: Deps) -> Response:
 
 
 async def list_projects(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
+    actor = await _actor(request, deps)
     after, limit = _page(request)
-    reads, caller, fresh = await _prepare(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     items = await queries.list_projects(reads.pool, member=None if caller.is_admin else caller.user_id, after=after, limit=limit + 1)
     return _list(items, limit, await _lag_headers(reads, ("projects", "tasks"), fresh))
 
 
 async def list_tasks(request: Request, deps: Deps) -> Response:
-    await _authenticate(request, deps)
+    actor = await _actor(request, deps)
     project_id = path_uuid(request, "project_id")
     after, limit = _page(request)
     status = request.query_params.get("status")
@@ -171,7 +166,7 @@ async def list_tasks(request: Request, deps: Deps) -> Response:
         errors.append({"field": "kind", "message": "not a task kind"})
     if errors:
         raise ValidationFailed("unknown filter value", errors=errors)
-    reads, caller, fresh = await _prepare(request, deps)
+    reads, caller, fresh = await _prepare(request, deps, actor)
     project = await reads.get("projects", project_id, fresh=fresh)
     if project is None or not _may_see(project.view, caller):
         raise NotFound("no such project")
@@ -181,8 +176,8 @@ async def list_tasks(request: Request, deps: Deps) -> Response:
 
 async def projection_failures(request: Request, deps: Deps) -> Response:
     """Events the projections parked (admins): what is not in the read models, and why."""
-    await _authenticate(request, deps)
-    reads, caller, _ = await _prepare(request, deps)
+    actor = await _actor(request, deps)
+    reads, caller, _ = await _prepare(request, deps, actor)
     authz.admin_only(caller)
     include_resolved = request.query_params.get("include_resolved", "false")
     if include_resolved not in ("true", "false"):
