@@ -76,14 +76,6 @@ class _StreamFailed(Exception):
         self.error = error
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
 def _lock_key(model: str, topic: str) -> str:
     return f"{model}:{topic}"
 
@@ -219,7 +211,7 @@ class Projector:
                 stored: dict[str, tuple[Any, ...]] = {}
                 if new_rows:
                     payload = json.dumps(
-                        [{c: r.get(c) for c in model.columns} for r in new_rows], default=_json_default
+                        [{c: r.get(c) for c in model.columns} for r in new_rows], default=views.json_default
                     )
                     cur = await conn.execute(self._upsert, (payload,))
                     stored = {r[0]: r for r in await cur.fetchall()}

@@ -103,10 +103,11 @@ def etag(model: str, view: Mapping[str, Any]) -> str:
 
 
 def dumps(view: View) -> bytes:
-    return json.dumps(view, separators=(",", ":"), default=_default).encode()
+    return json.dumps(view, separators=(",", ":"), default=json_default).encode()
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """UUIDs and times as the API shows them (also the upsert's JSON of rows)."""
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime):
