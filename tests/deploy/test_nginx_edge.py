@@ -20,17 +20,16 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from redis.asyncio import Redis
 
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway
+from tests.support.stack import serve_gateway
 from tests.deploy.tools import ROOT, require_tool
 
 NGINX_DIR = ROOT / "deploy" / "nginx"
@@ -92,20 +91,9 @@ def edge_settings(database_url: str, redis_url: str, tansu_bootstrap: str) -> Se
 @pytest.fixture(scope="module")
 async def proxied_gateway(edge_settings: Settings) -> AsyncIterator[str]:
     """The gateway as `taskstream serve` runs it: proxy headers trusted from 127.0.0.1 only."""
-    config = uvicorn.Config(
-        build_gateway(edge_settings), host="127.0.0.1", port=edge_settings.http_port, log_level="warning",
-        lifespan="on", proxy_headers=True, forwarded_allow_ips="127.0.0.1",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{edge_settings.http_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    # nginx is the only proxy: forwarded headers are believed from 127.0.0.1 alone
+    async with serve_gateway(replace(edge_settings, http_host="127.0.0.1", forwarded_allow_ips="127.0.0.1")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

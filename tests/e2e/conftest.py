@@ -42,9 +42,6 @@ def gateway_settings(database_url: str, redis_url: str, tansu_bootstrap: str) ->
     )
 
 
-served = serve_gateway  # a gateway built from settings, on its port; yields its URL
-
-
 @pytest.fixture(scope="session")
 async def read_side(gateway_settings: Settings, server_dir: Path) -> AsyncIterator[None]:
     """The relay and one projector, as child processes: what the gateway's reads read."""

@@ -8,37 +8,18 @@ own loopback address (127.x.y.z), so the peer address is known and its rate-limi
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
-import uvicorn
 
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway, uvicorn_options
+from tests.support.stack import serve_gateway
 
 LOGIN = {"email": "nobody@example.org", "password": "wrong-password"}
 
 
-@asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[str]:
-    config = uvicorn.Config(build_gateway(settings), **uvicorn_options(settings), log_level="warning", lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(15):
-            while not server.started:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{settings.http_port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 def _peer() -> str:
@@ -59,7 +40,7 @@ async def _logins(url: str, peer: str, forwarded_for: list[str]) -> list[int]:
 async def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(gateway_settings: Settings) -> None:
     settings = dataclasses.replace(gateway_settings, auth_rate_limit_per_minute=2, http_port=embedded.free_port())
     assert settings.forwarded_allow_ips == "127.0.0.1"  # the default: a proxy on the same host
-    async with served(settings) as url:
+    async with serve_gateway(settings) as url:
         # Each request claims another address; the limiter still counts the real peer.
         assert await _logins(url, _peer(), [_spoof(), _spoof(), _spoof()]) == [401, 401, 429]
 
@@ -67,7 +48,7 @@ async def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(gateway
 async def test_a_trusted_proxy_names_the_client(gateway_settings: Settings) -> None:
     proxy = _peer()
     settings = dataclasses.replace(gateway_settings, auth_rate_limit_per_minute=2, http_port=embedded.free_port(), forwarded_allow_ips=proxy)
-    async with served(settings) as url:
+    async with serve_gateway(settings) as url:
         # The control: from the trusted proxy, each named client has its own budget...
         assert await _logins(url, proxy, [_spoof(), _spoof(), _spoof()]) == [401, 401, 401]
         # ...and one client named three times spends its own.

@@ -15,7 +15,7 @@ from commands.fingerprints import request_fingerprint
 from taskstream import embedded
 from taskstream.settings import Settings
 from taskstream.wiring import fingerprint_key
-from tests.e2e.conftest import served
+from tests.support.stack import serve_gateway as served
 
 
 async def _stored(database_url: str, key_suffix: str) -> tuple[str, str]:

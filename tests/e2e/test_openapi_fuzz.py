@@ -26,12 +26,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from gateway.auth import TokenIssuer
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway, uvicorn_options
+from tests.support.stack import serve_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_EXAMPLES = os.environ.get("FUZZ_MAX_EXAMPLES", "8")
@@ -61,17 +60,8 @@ async def fuzz_gateway(gateway_settings: Settings, read_side: None) -> AsyncIter
         rate_limit_write_per_minute=1_000_000,
         rate_limit_read_per_minute=1_000_000,
     )
-    config = uvicorn.Config(build_gateway(settings), **uvicorn_options(settings), log_level="error", lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{settings.http_port}"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serve_gateway(settings, log_level="error") as url:
+        yield url
 
 
 async def _run(url: str, report: Path, token: str | None = None) -> str:

@@ -12,7 +12,7 @@ import psycopg
 from gateway.auth import TokenIssuer
 from taskstream import embedded
 from taskstream.settings import Settings
-from tests.e2e.conftest import served
+from tests.support.stack import serve_gateway as served
 from tests.integration.test_store_faults import STUCK_INSERT
 
 

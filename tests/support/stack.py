@@ -12,13 +12,15 @@ import uvicorn
 
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway
+from taskstream.wiring import build_gateway, uvicorn_options
 
 
 @contextlib.asynccontextmanager
-async def serve_gateway(settings: Settings) -> AsyncIterator[str]:
+async def serve_gateway(settings: Settings, *, log_level: str = "warning") -> AsyncIterator[str]:
+    """A gateway built from ``settings``, served as ``taskstream serve`` serves it (its host and
+    port, forwarded headers believed only from ``forwarded_allow_ips``); yields its URL."""
     app = build_gateway(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.http_port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level, lifespan="on")  # type: ignore[arg-type]
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(15):

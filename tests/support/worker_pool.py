@@ -25,6 +25,7 @@ from schemas.catalog import registry
 from schemas.envelope import CATEGORIES, RecordedEvent
 from taskstream.settings import Settings
 from taskstream.wiring import build_relay
+from tests.support.stack import serve_gateway  # noqa: F401 - the tests take it from here too
 from taskstream import embedded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,22 +165,3 @@ async def worker_pool(
         await asyncio.wait_for(relaying, 10)
 
 
-@contextlib.asynccontextmanager
-async def serve_gateway(settings: Any) -> AsyncIterator[str]:
-    """A gateway built from ``settings``, served by uvicorn on its http_port."""
-    import uvicorn
-
-    from taskstream.wiring import build_gateway
-
-    server = uvicorn.Server(uvicorn.Config(build_gateway(settings), host="127.0.0.1", port=settings.http_port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if serving.done():
-                serving.result()
-            await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{settings.http_port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
