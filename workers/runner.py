@@ -208,7 +208,10 @@ class Worker:
             await self.leases.finish(claim.task_id, claim.lease_id, REST[state.status], attempts=state.attempts)
             return
         if state.status == "running":
-            if depth:  # another worker started it a moment ago: give it a lease period before judging
+            # Only a claim taken over from an expired lease may judge the running attempt lost;
+            # otherwise another worker started it a moment ago (a race for an unleased row, or a
+            # stream read late): leave it to that worker and its lease.
+            if depth or not claim.taken_over:
                 return
             error = f"worker {state.worker_id} lost: attempt {state.attempts} ended without a report (its lease expired)"
             await self._fail(job, state.attempts, error, retryable=True, known=loaded)
