@@ -27,3 +27,34 @@ def servers(folder: Path, started: list[embedded.ServerProcess]) -> tuple[str, s
     assert db_url and redis_url and kafka
     upgrade(db_url)
     return db_url, redis_url, kafka
+
+
+def start_system(folder: Path, started: list[embedded.ServerProcess], db_url: str, redis_url: str, kafka: str,
+                 *, host: str = "127.0.0.1") -> tuple[str, dict[str, str], embedded.ServerProcess, str]:  # fmt: skip
+    """The relay, a projector and the gateway as processes, as in production, over the given
+    servers, on topics and a consumer group of their own; per-principal rate limits off (a bench
+    is one principal). Returns (gateway URL, its environment, its process, the topic prefix)
+    once the gateway is ready."""
+    import asyncio
+    import secrets
+    import sys
+
+    from http_write import wait_ready
+
+    http_port = embedded.free_port()
+    suffix = secrets.token_hex(4)
+    prefix = f"bench{suffix}."
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "KAFKA_BOOTSTRAP_SERVERS": kafka,
+           "HTTP_HOST": host, "HTTP_PORT": str(http_port), "JWT_SECRET": secrets.token_urlsafe(48),
+           "TASKSTREAM_DEV_MODE": "1", "KAFKA_TOPIC_PREFIX": prefix, "RELAY_CHECKPOINT_NAME": f"relay-{suffix}",
+           "PROJECTOR_GROUP_ID": f"projector-{suffix}", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
+           "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0", "BLOB_DIR": str(folder / "blobs")}  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    for name in ("relay", "project", "serve"):
+        proc = embedded.spawn(name, [sys.executable, "-m", "taskstream.cli", name], folder / f"{name}.log", env=env, cwd=root)
+        started.append(embedded.ServerProcess(name, "", 0, proc, folder / f"{name}.log"))
+    gateway = started[-1]
+    embedded.wait_until(lambda: embedded.accepts(http_port), gateway, timeout=60)
+    base = f"http://{host}:{http_port}"
+    asyncio.run(wait_ready(base, gateway.alive))
+    return base, env, gateway, prefix

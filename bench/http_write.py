@@ -61,6 +61,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", 5))
 WARMUP = float(os.environ.get("BENCH_WARMUP", 1))
@@ -389,8 +390,8 @@ async def limiter_check_us(redis_url: str, n: int = 2000) -> float:
 
 
 def main() -> int:
+    from _servers import servers
     from taskstream import embedded
-    from taskstream.migrate import upgrade
 
     if CLIENT not in SENDERS:
         print(f"BENCH_CLIENT must be one of {', '.join(SENDERS)}, not {CLIENT!r}", file=sys.stderr)
@@ -404,20 +405,8 @@ def main() -> int:
     started: list[embedded.ServerProcess] = []
     db_pid: int | None = None
     try:
-        urls = {k: os.environ.get(k) for k in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS")}
-        if all(urls.values()):
-            db_url, redis_url, kafka = urls["DATABASE_URL"], urls["REDIS_URL"], urls["KAFKA_BOOTSTRAP_SERVERS"]
-        else:
-            pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
-            started.append(pg)
-            db_pid = pg.process.pid
-            valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
-            started.append(valkey)
-            tansu = embedded.start_tansu(folder / "tansu", embedded.free_port())
-            started.append(tansu)
-            db_url, redis_url, kafka = pg.url, valkey.url, tansu.url
-        assert db_url and redis_url and kafka
-        upgrade(db_url)
+        db_url, redis_url, kafka = servers(folder, started)
+        db_pid = started[0].process.pid if started else None  # embedded PostgreSQL: its CPU is counted
         import psycopg
 
         with psycopg.connect(db_url, autocommit=True) as conn:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -158,8 +157,7 @@ def cache_counters(metrics: str) -> dict[str, float]:
 def main() -> int:
     import httpx
 
-    from http_write import wait_ready
-    from _servers import servers
+    from _servers import servers, start_system
     from taskstream import embedded
 
     def on_term(signum: int, _frame: object) -> None:
@@ -170,22 +168,7 @@ def main() -> int:
     started: list[embedded.ServerProcess] = []
     try:
         db_url, redis_url, kafka = servers(folder, started)
-        http_port = embedded.free_port()
-        suffix = secrets.token_hex(4)
-        env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "KAFKA_BOOTSTRAP_SERVERS": kafka,
-               "HTTP_HOST": HOST, "HTTP_PORT": str(http_port), "JWT_SECRET": secrets.token_urlsafe(48),
-               "TASKSTREAM_DEV_MODE": "1", "KAFKA_TOPIC_PREFIX": f"bench{suffix}.",
-               "RELAY_CHECKPOINT_NAME": f"relay-{suffix}", "PROJECTOR_GROUP_ID": f"projector-{suffix}",
-               "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
-               "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0", "BLOB_DIR": str(folder / "blobs")}  # fmt: skip
-        cli = [sys.executable, "-m", "taskstream.cli"]
-        for name in ("relay", "project", "serve"):
-            proc = embedded.spawn(name, [*cli, name], folder / f"{name}.log", env=env, cwd=ROOT)
-            started.append(embedded.ServerProcess(name, "", 0, proc, folder / f"{name}.log"))
-        gateway = started[-1]
-        embedded.wait_until(lambda: embedded.accepts(http_port), gateway, timeout=60)
-        base = f"http://{HOST}:{http_port}"
-        asyncio.run(wait_ready(base, gateway.alive))
+        base, env, gateway, _ = start_system(folder, started, db_url, redis_url, kafka, host=HOST)
         path, headers, task_id = asyncio.run(setup(base, env))
 
         plain_port = embedded.free_port()
