@@ -208,7 +208,10 @@ class TokenIssuer:
         self._key, self.algorithm, self.issuer, self.audience = key, algorithm, issuer, audience
         self.ttl_seconds, self._clock = ttl_seconds, clock
 
-    def issue(self, subject: str, role: Role, *, ttl_seconds: int | None = None) -> str:
+    def issue(
+        self, subject: str, role: Role, *, ttl_seconds: int | None = None, categories: list[str] | None = None
+    ) -> str:
+        """A signed access token; ``categories`` narrows what an analyst may read (``gateway.event_access``)."""
         if not subject:
             raise ValueError("subject must be a non-empty user id")
         if role not in ROLES:
@@ -224,6 +227,8 @@ class TokenIssuer:
             "exp": now + (self.ttl_seconds if ttl_seconds is None else ttl_seconds),
             "jti": uuid.uuid4().hex,
         }
+        if categories is not None:
+            claims["categories"] = list(categories)
         header: dict[str, Any] = {"alg": self.algorithm}
         if isinstance(self._key, RSAKey):
             header["kid"] = self._key.kid

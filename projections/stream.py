@@ -40,6 +40,7 @@ class StreamConfig:
     batch_within: float = 0.01  # seconds to wait for a batch to fill
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.5
+    data_dir: str | None = None  # faust's datadir (unused by the memory store, but always created)
 
 
 def decode(message: Any) -> Record | Exception:
@@ -126,6 +127,7 @@ def build_app(config: StreamConfig, projectors: Mapping[str, Projector]) -> faus
         broker_rebalance_timeout=config.session_timeout,
         key_serializer="raw",
         value_serializer="raw",
+        **({"datadir": config.data_dir} if config.data_dir else {}),
     )
     for projector in projectors.values():
         _add_agent(app, config, projector)

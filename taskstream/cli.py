@@ -182,7 +182,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if issuer is None:
         print("taskstream token: this configuration verifies tokens but holds no signing key", file=sys.stderr)
         return 2
-    print(issuer.issue(args.user, args.role, ttl_seconds=args.ttl))
+    categories = args.categories.split(",") if args.categories else None
+    print(issuer.issue(args.user, args.role, ttl_seconds=args.ttl, categories=categories))
     return 0
 
 
@@ -268,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="mint an access token (dev stack)")
     token.add_argument("--user", required=True)
     token.add_argument("--role", required=True, choices=["admin", "member", "analyst"])
+    token.add_argument("--categories", help="comma-separated categories an analyst may read (default: all public ones)")
     token.add_argument("--ttl", type=int, default=3600)
     token.set_defaults(func=cmd_token)
     tail = sub.add_parser("tail", help="print stored events as JSON lines")

@@ -349,6 +349,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
     """``taskstream project``: the faust app over the category topics, until ``stop``."""
     import os
     import socket
+    import shutil
+    import tempfile
 
     from projections.cache import ReadCache
     from projections.catalog import MODELS
@@ -367,6 +369,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
         batch_size=settings.projector_batch_size,
         session_timeout=settings.projector_session_timeout,
         heartbeat_interval=min(3.0, settings.projector_session_timeout / 6),
+        # faust creates its datadir even with the memory store: a temporary one, not the cwd
+        data_dir=tempfile.mkdtemp(prefix="taskstream-projector-"),
     )
     registry = process_registry(settings, store.pool)
     lag_events = Gauge("taskstream_projection_lag_events", "Events of the category not yet in the read model",
@@ -403,6 +407,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
     finally:
         if app is not None:
             await app.stop()
+        shutil.rmtree(config.data_dir or "", ignore_errors=True)
         metrics.close()
         await redis_client.aclose()
         await store.close()
