@@ -26,6 +26,7 @@ from gateway.ratelimit import RateLimitHeaders
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.reads import READ_ENDPOINTS
 from gateway.routes import ENDPOINTS, Deps, Endpoint
+from gateway.sse import STREAM_ENDPOINTS
 from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
 
 log = logging.getLogger("taskstream.gateway")
@@ -139,13 +140,16 @@ def create_app(
     registry: CollectorRegistry | None = None,
     request_timeout: float | None = None,
     fingerprint_key: bytes | None = None,
+    streams: Any = None,
 ) -> Starlette:
     """``request_timeout``: each API request's deadline in seconds (503 + Retry-After after it).
     ``fingerprint_key``: the HMAC key of idempotency fingerprints (commands/fingerprints.py);
-    every gateway of a deployment needs the same one. None: a random key for this app only."""
+    every gateway of a deployment needs the same one. None: a random key for this app only.
+    ``streams``: the event streams' shared tailer (gateway.sse.Streams); None: 404 there."""
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
     endpoints = (*ENDPOINTS, *READ_ENDPOINTS)
+    endpoints += STREAM_ENDPOINTS  # GET /v1/events/stream: Server-Sent Events (gateway/sse.py)
     document = openapi_document(endpoints, limited=deps.limits.policies if deps.limits is not None else ())
 
     async def healthz(_: Request) -> Response:
@@ -193,6 +197,7 @@ def create_app(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.fingerprint_key = fingerprint_key or secrets.token_bytes(32)
+    app.state.event_streams = streams  # GET /v1/events/stream (gateway/sse.py)
     install_problem_handlers(app)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_middleware(RateLimitHeaders, registry=registry)  # outside ProblemMiddleware: errors get the fields too

@@ -48,6 +48,18 @@ _RETRY_AFTER = {"Retry-After": {"required": True, "schema": {"type": "string", "
 _CHALLENGE = {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "pattern": "^Bearer"}}}
 
 
+class EventStream:
+    """``Endpoint.response`` marker: the answer is a stream of Server-Sent Events (gateway/sse.py)."""
+
+    DESCRIPTION = (
+        "Server-Sent Events, until the client disconnects. Each event: `id:` its global position, "
+        "`event:` its type, `data:` the event's JSON as published on Kafka (private fields left out). "
+        "`: heartbeat` comment lines while nothing happens. The stream ends with `event: dropped` (the "
+        "client read too slowly) or `event: closing` (shutdown, token expiry), whose data "
+        '`{"reason", "last_position"}` says where to resume (`Last-Event-ID` or `after`).'
+    )
+
+
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
     schema = _resolve_markers(model.model_json_schema(ref_template="#/components/schemas/{model}"))
     for name, definition in schema.pop("$defs", {}).items():
@@ -114,7 +126,6 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
         op["security"] = [{}, {"bearer": []}]  # a token is optional, and checked when sent
     if endpoint.is_write:
         params += _write_parameters()
-    params += list(endpoint.query)
     if params:
         op["parameters"] = params
     if endpoint.body is not None:
@@ -126,6 +137,8 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
     ok_model = endpoint.response or Accepted
     if ok_model is bytes:
         ok: dict[str, Any] = {"description": "The bytes", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    elif ok_model is EventStream:
+        ok = {"description": EventStream.DESCRIPTION, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
     else:
         ok = {"description": "Done", "content": {"application/json": {"schema": _schema(ok_model, components)}}}
     headers = dict(_RATE_FIELDS) if limited else {}

@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve(app: object, args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
-    from taskstream.wiring import uvicorn_options
+    from taskstream.wiring import gateway_server, uvicorn_options
 
     # The objects made at start-up live as long as the process: keep them out of the cyclic
     # collector's work, and collect young objects less often (fewer pauses in the tail latency).
@@ -104,13 +104,17 @@ def _serve(app: object, args: argparse.Namespace, settings: Settings) -> None:
     gc.set_threshold(20_000, 20, 10)
     options = uvicorn_options(settings)
     options.update({k: v for k, v in {"host": args.host, "port": args.port, "forwarded_allow_ips": args.forwarded_allow_ips}.items() if v})
-    uvicorn.run(
-        app,
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
         **options,  # type: ignore[arg-type]
         log_config=None,  # uvicorn logs through the root handler: the one format (telemetry)
         log_level="info",
         access_log=False,
     )
+    server = gateway_server(config)  # as uvicorn.run, but it ends the event streams at shutdown
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
 
 
 def cmd_relay(_args: argparse.Namespace) -> int:

@@ -119,6 +119,13 @@ class Settings:
     webhook_disable_after: int = 15  # consecutive failed attempts before an endpoint is disabled
     webhook_secret_grace_seconds: int = 86_400  # an old secret still signs this long after a rotation
 
+    # event streams for analysts (GET /v1/events/stream, gateway/sse.py)
+    sse_heartbeat_seconds: float = 15.0  # a comment line this often while no event goes out
+    sse_queue_events: int = 1000  # events waiting for one client at most; beyond: dropped (it resumes)
+    sse_poll_seconds: float = 1.0  # the shared tailer's poll when no NOTIFY arrives
+    # uvicorn: seconds open requests get to finish at shutdown before they are cancelled
+    http_shutdown_grace_seconds: float = 10.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if env is None else env
@@ -196,6 +203,10 @@ class Settings:
             "webhook_backoff_scale": ("WEBHOOK_BACKOFF_SCALE", float),
             "webhook_disable_after": ("WEBHOOK_DISABLE_AFTER", int),
             "webhook_secret_grace_seconds": ("WEBHOOK_SECRET_GRACE_SECONDS", int),
+            "sse_heartbeat_seconds": ("SSE_HEARTBEAT_SECONDS", float),
+            "sse_queue_events": ("SSE_QUEUE_EVENTS", int),
+            "sse_poll_seconds": ("SSE_POLL_SECONDS", float),
+            "http_shutdown_grace_seconds": ("HTTP_SHUTDOWN_GRACE_SECONDS", float),
         }
         for name, (var, cast) in casts.items():
             raw = env.get(var)

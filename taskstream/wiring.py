@@ -30,6 +30,10 @@ from taskstream.settings import Settings, SettingsError
 from taskstream.telemetry import register_disk_metrics, register_pool_metrics, serve_metrics
 
 if TYPE_CHECKING:
+    import socket
+
+    import uvicorn
+
     from gateway.ratelimit import RateLimits
 
 log = logging.getLogger("taskstream")
@@ -176,6 +180,7 @@ def build_gateway(settings: Settings) -> Starlette:
     from gateway.app import create_app
     from gateway.auth import build_auth
     from gateway.routes import Deps
+    from gateway.sse import Streams
 
     pool = make_pool(
         settings.database_url, min_size=4, max_size=20, lock_timeout_ms=settings.db_lock_timeout_ms,
@@ -187,6 +192,8 @@ def build_gateway(settings: Settings) -> Starlette:
     redis_client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     registry = process_registry(settings, pool)
     reads, invalidations = build_reads(settings, pool, redis_client, registry)
+    streams = Streams.build(store, heartbeat=settings.sse_heartbeat_seconds, queue_size=settings.sse_queue_events,
+                            poll_interval=settings.sse_poll_seconds)  # fmt: skip
     deps = Deps(
         service=Service(store, retries=settings.command_retries, task_kinds=task_kinds),
         verifier=verifier,
@@ -217,13 +224,14 @@ def build_gateway(settings: Settings) -> Starlette:
                 tracking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await tracking
+            await streams.close()
             await reads.close()
             await store.close()
             await redis_client.aclose()
 
     return create_app(
         deps, readiness={"database": database, "broker": broker}, lifespan=lifespan, registry=registry,
-        request_timeout=settings.http_request_timeout_seconds, fingerprint_key=fingerprint_key(settings),
+        request_timeout=settings.http_request_timeout_seconds, fingerprint_key=fingerprint_key(settings), streams=streams,
     )  # fmt: skip
 
 
@@ -256,7 +264,25 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "port": settings.http_port,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "timeout_graceful_shutdown": settings.http_shutdown_grace_seconds,
     }
+
+
+def gateway_server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's server, ending the event streams first when it shuts down: uvicorn waits for
+    open requests before the lifespan's shutdown, and a stream never ends by itself, so without
+    this every shutdown with a stream open would last the whole grace period (and then cut the
+    streams without their final ``closing`` event)."""
+    import uvicorn
+
+    class GatewayServer(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            streams = getattr(getattr(self.config.app, "state", None), "event_streams", None)
+            if streams is not None:
+                await streams.close()
+            await super().shutdown(sockets)
+
+    return GatewayServer(config)
 
 
 def rate_limits(settings: Settings, redis_client: Redis) -> RateLimits | None:

@@ -12,7 +12,7 @@ import uvicorn
 
 from taskstream import embedded
 from taskstream.settings import Settings
-from taskstream.wiring import build_gateway, uvicorn_options
+from taskstream.wiring import build_gateway, gateway_server, uvicorn_options
 
 
 @contextlib.asynccontextmanager
@@ -21,7 +21,7 @@ async def serve_gateway(settings: Settings, *, log_level: str = "warning") -> As
     port, forwarded headers believed only from ``forwarded_allow_ips``); yields its URL."""
     app = build_gateway(settings)
     config = uvicorn.Config(app, **uvicorn_options(settings), log_level=log_level, lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
+    server = gateway_server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(15):
         while not server.started:
