@@ -153,6 +153,9 @@ class Subscription(Generic[T]):
             return
         if len(self._queue) + len(fresh) > self._hub.queue_size:
             self._close(Dropped(f"too slow: more than {self._hub.queue_size} events waited to be sent"))
+            self._hub.dropped += 1
+            if self._hub._on_drop is not None:
+                self._hub._on_drop()
             return
         self._queue.extend(fresh)
         self.peak = max(self.peak, len(self._queue))
@@ -177,6 +180,7 @@ class EventHub(Generic[T]):
         queue_size: int = 1000,
         poll_interval: float = 1.0,
         retry_interval: float = 1.0,
+        on_drop: Callable[[], None] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -185,12 +189,14 @@ class EventHub(Generic[T]):
         self.queue_size = queue_size
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
+        self._on_drop = on_drop
         self._subscribers: set[Subscription[T]] = set()
         self._task: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self.position = 0  # every event up to here has been offered to the subscribers
         self.closed = False
         self.reads = 0  # batches read by the tailer (one reader, however many subscribers)
+        self.dropped = 0  # subscribers dropped for being too slow
 
     @property
     def subscribers(self) -> int:

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -33,8 +34,8 @@ from starlette.types import Receive, Scope, Send
 from commands.errors import Forbidden, NotFound, ValidationFailed
 from event_store.relay import encode_value, redacted
 from event_store.tail import Closed, Dropped, EventFilter, EventHub
-from gateway.auth import bearer_principal
-from gateway.event_access import ALL_CATEGORIES, allowed_categories
+from gateway.auth import Principal, bearer_principal
+from gateway.event_access import ALL_CATEGORIES, allowed_categories, readable_categories
 from gateway.openapi import EventStream as EventStreamMarker
 from gateway.routes import Deps, Endpoint
 from schemas.catalog import public_data, registry
@@ -61,11 +62,25 @@ class Streams:
     heartbeat: float = 15.0
 
     @classmethod
-    def build(cls, store: Any, *, heartbeat: float, queue_size: int, poll_interval: float = 1.0) -> Streams:
-        return cls(EventHub(store, frame, queue_size=queue_size, poll_interval=poll_interval), heartbeat)
+    def build(cls, store: Any, *, heartbeat: float, queue_size: int, poll_interval: float = 1.0,
+              registry: CollectorRegistry | None = None) -> Streams:  # fmt: skip
+        dropped = None
+        if registry is not None:
+            dropped = Counter("taskstream_sse_dropped", "Event-stream clients dropped for reading too slowly", registry=registry)
+        hub = EventHub(store, frame, queue_size=queue_size, poll_interval=poll_interval, on_drop=dropped.inc if dropped else None)
+        if registry is not None:
+            Gauge("taskstream_sse_subscribers", "Event-stream clients following the live tail", registry=registry).set_function(
+                lambda: hub.subscribers
+            )
+        return cls(hub, heartbeat)
 
     async def close(self) -> None:
         await self.hub.close()
+
+
+def category_of_type(type_: str) -> str:
+    """Event types are named ``<category>.<fact>`` (``task.submitted``)."""
+    return type_.partition(".")[0]
 
 
 def final_frame(kind: str, reason: str, last_position: int) -> bytes:
@@ -87,19 +102,22 @@ def _position(raw: str, field: str) -> int:
     return int(raw)
 
 
-def _filter(request: Request, readable_for: Any) -> EventFilter:
+def _filter(request: Request, principal: Principal) -> EventFilter:
+    """Both filters apply (a type outside the categories asked for never matches); a category or
+    a type's category the token may not read is a 403."""
     categories = _names(request, "category")
     unknown = sorted(c for c in categories or () if c not in ALL_CATEGORIES)
     if unknown:
         raise ValidationFailed(f"unknown categories: {', '.join(unknown)}", errors=[{"field": "category", "message": "unknown category"}])
-    allowed = readable_for(categories)
+    allowed = allowed_categories(principal, categories)
+    readable = readable_categories(principal)
     types = _names(request, "type")
     if types is not None:
         known = registry().classes
         unknown = sorted(t for t in types if t not in known)
         if unknown:
             raise ValidationFailed(f"unknown event types: {', '.join(unknown)}", errors=[{"field": "type", "message": "unknown event type"}])
-        refused = sorted(t for t in types if known[t].TYPE.partition(".")[0] not in allowed)
+        refused = sorted(t for t in types if category_of_type(t) not in readable)
         if refused:
             raise Forbidden(f"this token may not read the event types {', '.join(refused)}")
     return EventFilter(frozenset(allowed), frozenset(types) if types is not None else None)
@@ -108,7 +126,7 @@ def _filter(request: Request, readable_for: Any) -> EventFilter:
 async def stream_events(request: Request, deps: Deps) -> Response:
     principal = await bearer_principal(request, deps.verifier)
     streams: Streams | None = getattr(request.app.state, "event_streams", None)
-    where = _filter(request, lambda requested: allowed_categories(principal, requested))
+    where = _filter(request, principal)
     after: int | None = None
     if (raw := request.query_params.get("after")) is not None:
         after = _position(raw, "after")
@@ -130,7 +148,9 @@ class EventStream(Response):
     media_type = MEDIA_TYPE
 
     def __init__(self, hub: EventHub[bytes], after: int | None, where: EventFilter, *, heartbeat: float, expires_at: float | None) -> None:
-        super().__init__(None, headers=HEADERS, media_type=MEDIA_TYPE)
+        self.status_code = 200
+        self.background = None
+        self.init_headers(HEADERS)  # no body attribute: no Content-Length, the answer is streamed
         self.hub = hub
         self.after = after
         self.where = where

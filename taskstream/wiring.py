@@ -193,7 +193,7 @@ def build_gateway(settings: Settings) -> Starlette:
     registry = process_registry(settings, pool)
     reads, invalidations = build_reads(settings, pool, redis_client, registry)
     streams = Streams.build(store, heartbeat=settings.sse_heartbeat_seconds, queue_size=settings.sse_queue_events,
-                            poll_interval=settings.sse_poll_seconds)  # fmt: skip
+                            poll_interval=settings.sse_poll_seconds, registry=registry)  # fmt: skip
     deps = Deps(
         service=Service(store, retries=settings.command_retries, task_kinds=task_kinds),
         verifier=verifier,
