@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from schemas.envelope import RecordedEvent
 from taskstream.settings import Settings, SettingsError
 from taskstream.telemetry import TelemetryError, configure_tracing, logging_from_env
 
@@ -192,43 +191,27 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    """Print events in global order as JSON lines, from a position; --follow keeps tailing.
-    Private fields (a password hash) are left out, as on Kafka."""
+    """Print events in global order from a position, as JSON lines or a table (taskstream/tailing.py);
+    --follow keeps tailing. Private fields (a password hash) are left out, as on Kafka."""
     from event_store.postgres import PostgresEventStore
-    from schemas.catalog import public_data
+    from event_store.tail import EventFilter
+    from schemas.envelope import CATEGORIES
+    from taskstream.tailing import printer, split_names, tail
 
-    def show(event: RecordedEvent) -> None:
-        body = event.to_json()
-        body["data"] = public_data(event.type, event.data)
-        print(json.dumps(body), flush=True)
+    categories, types = split_names(args.category), split_names(args.type)
+    unknown = sorted(set(categories or ()) - set(CATEGORIES))
+    if unknown:
+        print(f"taskstream tail: unknown categories {', '.join(unknown)} (known: {', '.join(CATEGORIES)})", file=sys.stderr)
+        return 2
+    where = EventFilter(frozenset(categories) if categories else None, frozenset(types) if types else None)
+    fmt = args.format or ("table" if sys.stdout.isatty() else "json")
 
     async def main() -> None:
         store = await PostgresEventStore.connect(_settings().database_url, min_size=1, max_size=2)
         stop = asyncio.Event()
         _install_stop(stop)
         try:
-            if not args.follow:
-                position = args.after
-                while batch := await store.read_all(position, 1000):
-                    for event in batch:
-                        show(event)
-                    position = batch[-1].global_position
-                return
-
-            async def follow() -> None:
-                subscription = store.subscribe(args.after)
-                async with contextlib.aclosing(subscription):
-                    async for batch in subscription:
-                        for event in batch:
-                            show(event)
-
-            # Ctrl-C ends the wait for the next event too, not only a batch in progress.
-            following, stopping = asyncio.create_task(follow()), asyncio.create_task(stop.wait())
-            await asyncio.wait({following, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (following, stopping):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await tail(store, where, args.after, printer(fmt, sys.stdout), follow=args.follow, stop=stop)
         finally:
             await store.close()
 
@@ -276,9 +259,12 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--categories", help="comma-separated categories an analyst may read (default: all public ones)")
     token.add_argument("--ttl", type=int, default=3600)
     token.set_defaults(func=cmd_token)
-    tail = sub.add_parser("tail", help="print stored events as JSON lines")
-    tail.add_argument("--after", type=int, default=0, help="global position to start after")
-    tail.add_argument("--follow", action="store_true")
+    tail = sub.add_parser("tail", help="print stored events (JSON lines or a table), private fields left out")
+    tail.add_argument("--from-position", "--after", dest="after", type=int, default=0, metavar="N", help="start after global position N (default 0)")
+    tail.add_argument("--category", action="append", help="only this category (repeatable, or comma-separated)")
+    tail.add_argument("--type", action="append", help="only this event type, e.g. task.submitted (repeatable, or comma-separated)")
+    tail.add_argument("--format", choices=["json", "table"], help="default: table on a terminal, JSON lines otherwise")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
     tail.set_defaults(func=cmd_tail)
     project = sub.add_parser("project", help="run the projector (read models) until stopped")
     project.add_argument("--only", action="append", choices=["users", "projects", "tasks"], help="project only these (repeatable)")
