@@ -51,6 +51,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode
 from event_store.checkpoints import Checkpoints
 from event_store.kafka import Record
 from event_store.postgres import PostgresEventStore
+from schemas.contract import dataschema
 from schemas.envelope import CATEGORIES, RecordedEvent
 from taskstream.telemetry import context_from, is_sampled, kafka_trace_headers, tracer
 
@@ -134,6 +135,7 @@ def cloudevent_headers(event: RecordedEvent, source: str, trace: list[tuple[str,
         ("ce_subject", event.stream.encode()),
         ("ce_time", event.recorded_at.isoformat().encode()),
         ("ce_dataschemaversion", str(event.schema_version).encode()),
+        ("ce_dataschema", dataschema(event.type, event.schema_version).encode()),
         ("ce_sequence", str(event.global_position).encode()),
         ("content-type", b"application/json"),
     ]
