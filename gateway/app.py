@@ -60,11 +60,14 @@ class RequestContext:
         parent = context_from(headers.get(b"traceparent"), headers.get(b"tracestate"))
         status = 500
         started = time.perf_counter()
+        streamed_at: float | None = None  # an event stream's latency is its time to answer, not its life
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, streamed_at
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())):
+                    streamed_at = time.perf_counter()
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -80,7 +83,7 @@ class RequestContext:
                 matched = scope.get("route")  # set by the router when a route matched
                 route = getattr(matched, "path", "unmatched")
                 self.requests.labels(method, route, status_class(status)).inc()
-                self.latency.labels(method, route).observe(time.perf_counter() - started)
+                self.latency.labels(method, route).observe((streamed_at or time.perf_counter()) - started)
                 if span.is_recording():
                     span.update_name(f"{method} {route}")
                     span.set_attributes({"http.request.method": method, "http.route": route, "http.response.status_code": status})

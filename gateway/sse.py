@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from commands.errors import Forbidden, NotFound, ValidationFailed
+from event_store.errors import StoreUnavailable
 from event_store.relay import encode_value, redacted
 from event_store.tail import Closed, Dropped, EventFilter, EventHub
 from gateway.auth import Principal, bearer_principal
@@ -40,6 +42,8 @@ from gateway.openapi import EventStream as EventStreamMarker
 from gateway.routes import Deps, Endpoint
 from schemas.catalog import public_data, registry
 from schemas.envelope import RecordedEvent
+
+log = logging.getLogger("taskstream.gateway.sse")
 
 PATH = "/v1/events/stream"
 MEDIA_TYPE = "text/event-stream"
@@ -171,27 +175,29 @@ class EventStream(Response):
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async with self.hub.subscription(self.after, self.where) as subscription:
-            last = subscription.position
-            await _body(send, b"retry: %d\n: after %d\n\n" % (RETRY_MS, last))
-            final: bytes
-            while True:
-                wait = self.heartbeat
-                if self.expires_at is not None:
-                    wait = min(wait, self.expires_at - time.time())
-                    if wait <= 0:
-                        final = final_frame("closing", "the token expired: reconnect with a fresh one", last)
-                        break
-                try:
+        last = self.after if self.after is not None else self.hub.position
+        try:
+            async with self.hub.subscription(self.after, self.where) as subscription:
+                last = subscription.position
+                await _body(send, b"retry: %d\n: after %d\n\n" % (RETRY_MS, last))
+                while True:
+                    wait = self.heartbeat
+                    if self.expires_at is not None:
+                        wait = min(wait, self.expires_at - time.time())
+                        if wait <= 0:
+                            final = final_frame("closing", "the token expired: reconnect with a fresh one", last)
+                            break
                     items = await subscription.next(wait)
-                except Closed as closed:
-                    final = final_frame("dropped" if isinstance(closed, Dropped) else "closing", closed.reason, last)
-                    break
-                if not items:
-                    await _body(send, b": heartbeat\n\n")
-                    continue
-                await _body(send, b"".join(prepared for _, prepared in items))
-                last = items[-1][0].global_position
+                    if not items:
+                        await _body(send, b": heartbeat\n\n")
+                        continue
+                    await _body(send, b"".join(prepared for _, prepared in items))
+                    last = items[-1][0].global_position
+        except Closed as closed:
+            final = final_frame("dropped" if isinstance(closed, Dropped) else "closing", closed.reason, last)
+        except StoreUnavailable:  # while catching up from the table: the client retries later
+            log.warning("event stream: the event store is unavailable; closing a stream at position %d", last)
+            final = final_frame("closing", "the event store is unavailable: reconnect later", last)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FINAL_FRAME_TIMEOUT):
                 await _body(send, final)

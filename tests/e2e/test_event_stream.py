@@ -313,3 +313,20 @@ async def test_the_stream_is_in_the_openapi_document(url: str) -> None:
     operation = document["paths"]["/v1/events/stream"]["get"]
     assert "text/event-stream" in operation["responses"]["200"]["content"]
     assert {p["name"] for p in operation["parameters"]} == {"category", "type", "after", "Last-Event-ID"}
+
+
+async def test_a_streams_latency_is_its_time_to_answer_not_its_life(url: str, issuer: TokenIssuer) -> None:
+    """Streams last minutes: counted whole, they would trip the p99 latency alert (> 2 s)."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with client.stream("GET", "/v1/events/stream", params={"category": "project_name"}, headers=bearer(issuer, "admin")) as response:
+            heartbeats = 0
+            async for frame in frames(response):
+                heartbeats += frame.comment == "heartbeat"
+                if heartbeats == 5:  # 2.5 s at least
+                    break
+        await asyncio.sleep(0.5)  # the server notices the disconnect
+        text = (await client.get("/metrics")).text
+    labels = 'method="GET",route="/v1/events/stream"'
+    count = float(re.search(rf"^taskstream_http_request_duration_seconds_count{{{labels}}} (\S+)$", text, re.M)[1])  # type: ignore[index]
+    within = float(re.search(rf'^taskstream_http_request_duration_seconds_bucket{{le="2.0",{labels}}} (\S+)$', text, re.M)[1])  # type: ignore[index]
+    assert count >= 1 and within == count
