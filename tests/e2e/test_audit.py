@@ -4,6 +4,8 @@ PostgreSQL (and the relay and projector behind the live reads)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,3 +305,30 @@ async def test_no_answer_carries_a_password_hash(client: httpx.AsyncClient, new_
         assert answer.status_code == 200, answer.text
         assert "password_hash" not in answer.text and "$argon2" not in answer.text
     assert answers[0].json()["items"][0]["data"]["email"] == user.email  # the control: the event is there
+
+
+async def test_a_user_as_of_each_of_their_events(client: httpx.AsyncClient, new_user, issuer: TokenIssuer) -> None:
+    user = await new_user()
+    admin = await _admin(issuer)
+    steps = [
+        (await client.patch(f"/v1/users/{user.id}", json={"display_name": "Renamed"}, headers=user.auth), {"display_name": "Renamed"}),
+        (await client.post(f"/v1/users/{user.id}/role", json={"role": "admin"}, headers=admin), {"role": "admin"}),
+        (await client.post(f"/v1/users/{user.id}/deactivate", headers=admin), {"active": False}),
+    ]
+    history = await _ok(await client.get(f"/v1/users/{user.id}/history", headers=admin))
+    registered = history["items"][0]
+    expected = {"display_name": "Test User", "role": "member", "active": True, "email": user.email, "version": 1}
+    first = await _ok(await client.get(f"/v1/users/{user.id}", params={"as_of": str(registered["global_position"])}, headers=admin))
+    assert {k: first[k] for k in expected} == expected and first["created_at"] == registered["recorded_at"]
+    for n, (answer, change) in enumerate(steps, start=2):
+        expected = {**expected, **change, "version": n}
+        then = await _ok(await client.get(f"/v1/users/{user.id}", params={"as_of": str((await _ok(answer))["global_position"])}, headers=admin))
+        assert {k: then[k] for k in expected} == expected
+        assert then["updated_at"] == history["items"][n - 1]["recorded_at"]
+    assert [i["actor"] for i in history["items"]][1:] == [user.id, _subject(admin), _subject(admin)]
+
+
+def _subject(headers: dict[str, str]) -> str:
+    """The ``sub`` of a bearer token (its payload, unverified: the test made it)."""
+    payload = headers["Authorization"].split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"])
