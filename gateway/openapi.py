@@ -119,7 +119,6 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
         op["security"] = [{}, {"bearer": []}]  # a token is optional, and checked when sent
     if endpoint.is_write:
         params += _write_parameters()
-    params += list(endpoint.query)
     if params:
         op["parameters"] = params
     if endpoint.body is not None:

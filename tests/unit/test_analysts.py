@@ -75,3 +75,25 @@ def test_the_analyst_paths_are_prefixes_of_whole_segments() -> None:
     assert ANALYST_PATHS == ("/v1/events", "/v1/schemas")
     assert analysts_may_use("/v1/events") and analysts_may_use("/v1/events/stream") and analysts_may_use("/v1/schemas/{event_type}/{schema_version}")
     assert not analysts_may_use("/v1/eventsource") and not analysts_may_use("/v1/projects") and not analysts_may_use("/v1/users/{user_id}/history")
+
+
+async def test_the_contract_says_every_endpoint_may_answer_403(app_and_tokens: tuple[Any, dict[str, str]]) -> None:
+    app, _ = app_and_tokens
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        document = (await client.get("/openapi.json")).json()
+    operations = [(path, op) for path, item in document["paths"].items() if path.startswith("/v1/") for op in item.values()]
+    assert len(operations) >= 30 and all("403" in op["responses"] for _, op in operations)
+    schema_params = {p["name"]: p["schema"] for p in document["paths"]["/v1/schemas/{event_type}/{schema_version}"]["get"]["parameters"]}
+    assert schema_params["schema_version"]["type"] == "integer" and "format" not in schema_params["event_type"]
+    as_of = [p for p in document["paths"]["/v1/tasks/{task_id}"]["get"]["parameters"] if p["name"] == "as_of"]
+    assert as_of and as_of[0]["in"] == "query"
+
+
+async def test_no_operation_lists_a_parameter_twice(app_and_tokens: tuple[Any, dict[str, str]]) -> None:
+    app, _ = app_and_tokens
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        document = (await client.get("/openapi.json")).json()
+    for path, item in document["paths"].items():
+        for op in item.values():
+            names = [(p["name"], p["in"]) for p in op.get("parameters", [])]
+            assert len(names) == len(set(names)), (path, names)
