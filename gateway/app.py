@@ -25,6 +25,8 @@ from gateway.http import request_id_of
 from gateway.ratelimit import RateLimitHeaders
 from gateway.problems import current_trace_id, install_problem_handlers, problem
 from gateway.reads import READ_ENDPOINTS
+from gateway.analysts import refuse_analysts  # issue 8: analysts read event streams only
+from gateway.audit import with_audit  # issue 8: time travel, audit log, schemas
 from gateway.routes import ENDPOINTS, Deps, Endpoint
 from gateway.sse import STREAM_ENDPOINTS
 from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
@@ -120,6 +122,7 @@ def _dispatch(methods: dict[str, Endpoint], deps: Deps, timeout: float | None) -
         if deps.limits is not None:
             verifier = None if endpoint.route_class == "credentials" else deps.verifier
             await deps.limits.admit(request, endpoint.route_class, verifier)
+        await refuse_analysts(request, endpoint.path, deps.verifier)  # gateway/analysts.py (issue 8)
         if timeout is None:
             return await endpoint.handler(request, deps)
         try:
@@ -151,7 +154,7 @@ def create_app(
     ``streams``: the event streams' shared tailer (gateway.sse.Streams); None: 404 there."""
     registry = registry or CollectorRegistry()
     checks = dict(readiness or {})
-    endpoints = (*ENDPOINTS, *READ_ENDPOINTS)
+    endpoints = with_audit((*ENDPOINTS, *READ_ENDPOINTS))  # time travel, audit log, schemas (issue 8)
     endpoints += STREAM_ENDPOINTS  # GET /v1/events/stream: Server-Sent Events (gateway/sse.py)
     document = openapi_document(endpoints, limited=deps.limits.policies if deps.limits is not None else ())
 

@@ -34,6 +34,11 @@ _ERROR_TEXT = {
     500: "Unexpected error; carries a trace_id that appears in the logs",
     503: "The event store or the rate limiter is unavailable; Retry-After says when to try again",
 }
+# Path parameters that are not ids (every other one is a UUID): the published schemas (issue 8).
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "event_type": {"type": "string", "pattern": r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"},
+    "schema_version": {"type": "integer", "minimum": 1, "maximum": 999999},
+}
 _BODY_RULES = (
     "The body is a JSON object (UTF-8). Refused with 422, whatever the schema below allows: NUL "
     "characters and lone surrogates (`\\ud800`-`\\udfff`) in any string or key, numbers out of the "
@@ -116,7 +121,7 @@ def _write_parameters() -> list[dict[str, Any]]:
 def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": endpoint.summary, "operationId": endpoint.handler.__name__}
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+        {"name": name, "in": "path", "required": True, "schema": _PATH_SCHEMAS.get(name, {"type": "string", "format": "uuid"})}
         for name in _PARAM.findall(endpoint.path)
     ]
     params += list(endpoint.query)
@@ -159,6 +164,7 @@ def _operation(endpoint: Endpoint, components: dict[str, Any], *, limited: bool)
         statuses |= {413, 415, 422}
     if endpoint.auth:
         statuses |= {401}
+    statuses |= {403}  # an analyst's token, on every endpoint but the event streams (gateway/analysts.py)
     for status in sorted(statuses):
         op["responses"][str(status)] = _problem_response(status, components, limited=limited)
     return op
