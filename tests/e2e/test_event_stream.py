@@ -12,11 +12,13 @@ import json
 import random
 import re
 import secrets
+import signal
 import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -330,3 +332,36 @@ async def test_a_streams_latency_is_its_time_to_answer_not_its_life(url: str, is
     count = float(re.search(rf"^taskstream_http_request_duration_seconds_count{{{labels}}} (\S+)$", text, re.M)[1])  # type: ignore[index]
     within = float(re.search(rf'^taskstream_http_request_duration_seconds_bucket{{le="2.0",{labels}}} (\S+)$', text, re.M)[1])  # type: ignore[index]
     assert count >= 1 and within == count
+
+
+async def test_taskstream_serve_stops_at_once_on_sigterm_with_a_stream_open(settings: Settings, issuer: TokenIssuer, tmp_path: Path) -> None:
+    """The real process (uvicorn's signal handling, the gateway's server): SIGTERM ends the
+    stream with ``closing`` and the process exits, well within its 60 s grace period."""
+    from tests.support import processes
+
+    own = dataclasses.replace(settings, http_port=embedded.free_port(), http_shutdown_grace_seconds=60)
+    child = processes.start("serve", ["serve"], own, tmp_path)
+    try:
+        base = f"http://127.0.0.1:{own.http_port}"
+        async with asyncio.timeout(60):
+            while not embedded.accepts(own.http_port):
+                assert child.alive(), child.log_tail()
+                await asyncio.sleep(0.1)
+        received: list[Frame] = []
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            async with client.stream("GET", "/v1/events/stream", headers=bearer(issuer, "admin")) as response:
+                assert response.status_code == 200
+                stopping = 0.0
+                async for frame in frames(response):  # until the server ends the stream
+                    received.append(frame)
+                    if frame.comment == "heartbeat" and not stopping:
+                        stopping = time.monotonic()
+                        child.process.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(child.process.wait, 30)
+        # uvicorn re-raises the signal it caught once it has shut down cleanly: -SIGTERM
+        assert code in (0, -signal.SIGTERM) and time.monotonic() - stopping < 10, child.log_tail()
+        assert "Finished server process" in child.log_tail()
+        closing = [f for f in received if f.event == "closing"]
+        assert closing and "shutting down" in json.loads(closing[0].data or "")["reason"]
+    finally:
+        child.stop()
