@@ -50,7 +50,7 @@ import os
 import queue as queue_mod
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -129,6 +129,21 @@ class Part:
     @property
     def name(self) -> str:
         return self.model if self.shards == 1 else f"{self.model}/{self.shard}"
+
+
+def parts_named(names: Iterable[str]) -> list[Part]:
+    """The parts of a run from their names (``tasks``, or ``tasks/0`` … ``tasks/<n-1>``)."""
+    names = sorted(names)
+    shards: dict[str, int] = {}
+    for name in names:
+        model, _, shard = name.partition("/")
+        if shard:
+            shards[model] = shards.get(model, 0) + 1
+    out = []
+    for name in names:
+        model, _, shard = name.partition("/")
+        out.append(Part(model, int(shard), shards[model]) if shard else Part(model))
+    return out
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -246,7 +261,7 @@ class Replay:
             run_id, tables, resumed = self._start_or_resume(conn)
             target = int(conn.execute("SELECT target_position FROM replay_runs WHERE run_id = %s", (run_id,)).fetchone()[0])  # type: ignore[index]
             progress_rows = dict(conn.execute("SELECT part, position FROM replay_progress WHERE run_id = %s", (run_id,)).fetchall())
-            parts = [p for p in self.parts(conn) if p.name in progress_rows]
+            parts = parts_named(progress_rows)  # as the run was planned, whatever the machine now
             starts = {p.name: int(progress_rows[p.name]) for p in parts}
             bulk_target = max([target, *starts.values()])
             total = self._count(conn, [m.category for m in self.models], min(starts.values(), default=0), bulk_target)
