@@ -373,3 +373,31 @@ async def test_a_v1_event_stored_raw_is_projected_replayed_and_decided_as_v2(
     assert row == ("Renamed", "d2", 3)
     for report in await asyncio.to_thread(compare_with_replay, urls["owner"]):
         assert report.equal, report.to_json()
+
+
+async def test_a_replay_under_concurrent_writes_and_projection_swaps_in_tables_the_projector_keeps_exact(
+    urls: dict[str, str], live: LiveProjection, workload: Workload
+) -> None:
+    """Commands and the live projector keep running through the whole replay, its catch-up
+    rounds and its swap; afterwards the live tables are exactly what a replay gives."""
+    import random
+
+    await workload.run([("project", 1), ("submit", 1), ("submit", 2)])
+    await live.catch_up()
+    rng = random.Random(8)
+    kinds = ["submit", "start", "succeed", "fail", "cancel", "member", "describe", "profile", "submit", "start"]
+    head_at_start = await live.store.head_position()
+    replay = Replay(urls["owner"], Request(parallel=False, chunk_span=40, checkpoint_events=50, catch_up_until=5, cache_grace=0))
+    running = asyncio.create_task(asyncio.to_thread(replay.run))
+    rounds = 0
+    while not running.done() or rounds < 3:
+        await workload.run([(rng.choice(kinds), rng.randrange(50)) for _ in range(5)])
+        await live.catch_up()
+        rounds += 1
+    result = await running
+    assert result.status == "swapped" and not result.failures
+    assert result.position > head_at_start  # it folded events written while it ran
+    await workload.run([(rng.choice(kinds), rng.randrange(50)) for _ in range(10)])
+    await live.catch_up()
+    for report in await asyncio.to_thread(compare_with_replay, urls["owner"]):
+        assert report.equal, report.to_json()
