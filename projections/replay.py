@@ -68,6 +68,13 @@ log = logging.getLogger("taskstream.replay")
 CONNECT_OPTIONS = "-c TimeZone=UTC -c default_transaction_isolation=read\\ committed"
 
 
+REPLAY_LOCK_KEY = 7_306_010_008  # session advisory lock: one replay per database at a time
+
+
+class ReplayBusy(RuntimeError):
+    pass
+
+
 class Progress(Protocol):
     def start(self, total: int, done: int = 0) -> None: ...
     def advance(self, events: int) -> None: ...
@@ -256,6 +263,14 @@ class Replay:
         return out
 
     def run(self) -> Result:
+        """One replay at a time per database (a session advisory lock, held for the run): a
+        second one would resume the same run's parts under the first one's feet."""
+        with connect(self.url) as guard:
+            if not guard.execute("SELECT pg_try_advisory_lock(%s)", (REPLAY_LOCK_KEY,)).fetchone()[0]:  # type: ignore[index]
+                raise ReplayBusy("another taskstream replay (or verify) is running on this database")
+            return self._run()
+
+    def _run(self) -> Result:
         started = time.monotonic()
         with connect(self.url) as conn:
             run_id, tables, resumed = self._start_or_resume(conn)

@@ -336,14 +336,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from taskstream.progress import for_terminal
     from taskstream.wiring import replay_database_url, run_replay
 
+    from projections.replay import ReplayBusy
+
     settings = _settings()
     if args.discard:
-        dropped = discard(replay_database_url(settings), args.discard)
+        try:
+            dropped = discard(replay_database_url(settings), args.discard)
+        except (LookupError, ValueError) as exc:
+            print(f"taskstream replay: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps({"run": args.discard, "dropped": dropped}))
         return 0
     request = Request(models=_replay_models(args.projection), until_position=args.until_position, until_time=args.until_time,
                       parallel=not args.no_parallel)  # fmt: skip
-    result = run_replay(settings, request, progress=for_terminal("replay"), stopped=_stop_flag())
+    try:
+        result = run_replay(settings, request, progress=for_terminal("replay"), stopped=_stop_flag())
+    except ReplayBusy as exc:
+        print(f"taskstream replay: {exc}", file=sys.stderr)
+        return 1
     summary = {
         "run": result.run_id, "status": result.status, "tables": result.tables, "position": result.position,  # type: ignore[attr-defined]
         "events": result.events, "seconds": round(result.seconds, 2), "resumed": result.resumed,  # type: ignore[attr-defined]

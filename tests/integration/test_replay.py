@@ -254,6 +254,26 @@ def test_an_interrupted_replay_resumes_to_the_same_tables(backlog_urls: dict[str
     discard(url, second.run_id)
 
 
+def test_until_a_time_builds_as_of_the_last_event_recorded_by_then_and_one_replay_runs_at_a_time(backlog_urls: dict[str, str]) -> None:
+    from projections.replay import REPLAY_LOCK_KEY, ReplayBusy
+
+    url = backlog_urls["owner"]
+    with connect(url) as conn:
+        (moment,) = conn.execute("SELECT recorded_at FROM events WHERE global_position = 1500").fetchone()  # type: ignore[misc]
+        (position,) = conn.execute("SELECT max(global_position) FROM events WHERE recorded_at <= %s", (moment,)).fetchone()  # type: ignore[misc]
+    result = Replay(url, Request(until_time=moment, parallel=False)).run()
+    assert result.status == "built" and result.position == position >= 1500
+    with connect(url) as conn:
+        for model, table in result.tables.items():
+            (beyond,) = conn.execute(f"SELECT count(*) FROM {table} WHERE global_position > %s", (position,)).fetchone()  # type: ignore[misc]
+            assert beyond == 0, model
+        conn.execute("SELECT pg_advisory_lock(%s)", (REPLAY_LOCK_KEY,))
+        with pytest.raises(ReplayBusy):
+            Replay(url, Request(parallel=False)).run()
+        conn.execute("SELECT pg_advisory_unlock(%s)", (REPLAY_LOCK_KEY,))
+    discard(url, result.run_id)
+
+
 def test_folding_in_parallel_shards_gives_the_same_tables_as_one_process(backlog_urls: dict[str, str]) -> None:
     url = backlog_urls["owner"]
     with connect(url) as conn:
