@@ -203,33 +203,34 @@ class Fold:
     def __post_init__(self) -> None:
         self._current = {t: cls.SCHEMA_VERSION for t, cls in self.registry.classes.items()}
 
-    def apply(self, events: Iterable[RecordedEvent]) -> None:
+    def apply(self, events: Sequence[RecordedEvent]) -> None:
         rows, dirty, failed = self.rows, self.dirty, self.failed
-        apply, current, upcast = self.model.apply, self._current, self.registry.upcast
+        apply, current, upcast, owns = self.model.apply, self._current, self.registry.upcast, self.model.owns
         setattr_ = object.__setattr__
-        count = 0
-        position = self.position
         for event in events:
-            count += 1
-            position = event.global_position
             stream = event.stream
             if stream in failed:
                 continue
             row = rows.get(stream)
-            if row is not None and event.version <= row["version"]:
+            at = 0 if row is None else row["version"]
+            version = event.version
+            if version <= at:
                 continue  # already applied (a resumed run re-reading its last chunk)
             try:
+                if row is None and not owns(stream):
+                    raise ValueError(f"not a {self.model.category} stream: {stream}")
+                if version != at + 1:
+                    raise ValueError(f"{stream}: v{version} does not follow v{at}")
                 if current.get(event.type) != event.schema_version:
                     setattr_(event, "data", upcast(event.type, event.schema_version, event.data))
-                if (row["version"] if row is not None else 0) + 1 != event.version:
-                    raise ValueError(f"{stream}: v{event.version} does not follow v{row['version'] if row else 0}")
                 rows[stream] = apply(row, event)
             except Exception as exc:  # noqa: BLE001 - recorded and reported, as the live projector parks it
-                failed[stream] = Failure(stream, event.version, event.global_position, event.type, f"{type(exc).__name__}: {exc}")
+                failed[stream] = Failure(stream, version, event.global_position, event.type, f"{type(exc).__name__}: {exc}")
                 continue
             dirty.add(stream)
-        self.events += count
-        self.position = position
+        if events:
+            self.events += len(events)
+            self.position = events[-1].global_position
 
     def take_dirty(self) -> list[Row]:
         rows = [self.rows[s] for s in self.dirty]

@@ -390,7 +390,11 @@ class Replay:
                 )  # fmt: skip
                 self._add_failures(failures)
             return events
-        ctx = multiprocessing.get_context("spawn")
+        # fork when nothing else runs in this process (no import to pay again in each part),
+        # spawn otherwise (a thread may hold a lock the child would inherit held).
+        import threading
+
+        ctx = multiprocessing.get_context("fork" if threading.active_count() == 1 else "spawn")
         reports = ctx.Queue()
         stop = ctx.Event()
         procs = [
@@ -527,7 +531,9 @@ class Replay:
             for model in self.models:
                 old = f"{model.name}_old_{run_id}"
                 try:
-                    conn.execute(f"DROP TABLE IF EXISTS {rebuild.ident(old).as_string(conn)}")
+                    with conn.transaction():  # a reader still in a transaction on it: do not wait forever
+                        conn.execute("SET LOCAL lock_timeout = '30s'")
+                        conn.execute(f"DROP TABLE IF EXISTS {rebuild.ident(old).as_string(conn)}")
                 except psycopg.Error as exc:
                     self.progress.note(f"kept {old}: it cannot be dropped ({exc}); drop it by hand")
         if self.invalidate is not None and self.request.cache_grace > 0:
