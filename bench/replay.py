@@ -205,6 +205,7 @@ def main() -> int:
         "events_before": before,
         "replay_events_per_s": round(replay_rate, 1),
         "replay_seconds": round(result.seconds, 2),
+        "swap_locked_seconds": round(result.locked_seconds, 3),
         "copy_to_events_per_s": round(baseline, 1),
         "copy_to_runs_events_per_s": [round(copy_rate, 1), round(copy_rate_again, 1)],
         "ratio": round(replay_rate / baseline, 3),

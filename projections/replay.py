@@ -125,6 +125,7 @@ class Result:
     seconds: float
     resumed: bool
     failures: list[bulk.Failure] = field(default_factory=list)
+    locked_seconds: float = 0.0  # how long the swap held the live tables locked (readers waited)
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ class Replay:
         self.stopped = stopped
         self.models: list[ReadModel] = [MODELS[n] for n in rebuild.LOCK_ORDER if n in request.models]
         self.failures: dict[str, bulk.Failure] = {}
+        self.locked_seconds = 0.0
 
     # The parts: the model with the most events is split in shards (folded in parallel).
     def parts(self, conn: psycopg.Connection[Any]) -> list[Part]:
@@ -311,7 +313,7 @@ class Replay:
         seconds = time.monotonic() - started  # to the swap's commit
         self.progress.close()
         self._after_swap(tables, run_id)
-        return Result(run_id, "swapped", tables, position, events, seconds, resumed, list(self.failures.values()))
+        return Result(run_id, "swapped", tables, position, events, seconds, resumed, list(self.failures.values()), self.locked_seconds)
 
     def _interrupted(self, run_id: str, tables: dict[str, str], started: float, events: int, resumed: bool) -> Result:
         self.progress.close()
@@ -476,6 +478,7 @@ class Replay:
                 with conn.transaction():
                     conn.execute(f"SET LOCAL lock_timeout = '{int(self.request.lock_timeout * 1000)}ms'")
                     conn.execute(f"LOCK TABLE {', '.join(lock)} IN ACCESS EXCLUSIVE MODE")
+                    locked_at = time.monotonic()
                     head = self._head(conn)
                     tail = self._fold_tail(conn, tables, position, head)
                     self._recount(conn, tables, names, run_id)
@@ -487,6 +490,7 @@ class Replay:
                         " WHERE run_id = %s",
                         (head, run_id),
                     )
+                self.locked_seconds = time.monotonic() - locked_at
                 return head, tail
             except psycopg.errors.LockNotAvailable:
                 self.progress.note(f"swap: the live tables stayed busy for {self.request.lock_timeout} s (attempt {attempt}); trying again")

@@ -357,7 +357,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary = {
         "run": result.run_id, "status": result.status, "tables": result.tables, "position": result.position,  # type: ignore[attr-defined]
         "events": result.events, "seconds": round(result.seconds, 2), "resumed": result.resumed,  # type: ignore[attr-defined]
-        "failures": [vars(f) for f in result.failures],  # type: ignore[attr-defined]
+        "failures": [vars(f) for f in result.failures], "locked_seconds": round(result.locked_seconds, 3),  # type: ignore[attr-defined]
     }  # fmt: skip
     print(json.dumps(summary), flush=True)
     if result.status == "interrupted":  # type: ignore[attr-defined]
