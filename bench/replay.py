@@ -148,7 +148,6 @@ def _cpu() -> float:
 def main() -> int:
     import psycopg
 
-    from _servers import servers
     from projections.replay import Replay, Request, redis_invalidator
     from taskstream import embedded
 

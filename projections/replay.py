@@ -42,15 +42,13 @@ names are printed; ``taskstream replay --discard RUN`` drops them.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import multiprocessing
 import os
 import queue as queue_mod
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -61,12 +59,10 @@ from psycopg.types.json import Jsonb
 from projections import bulk, rebuild
 from projections.catalog import MODELS
 from projections.model import ReadModel, Row
+from projections.replay_parts import Part, build_part, connect, part_process, parts_named
 from schemas.catalog import registry
 
 log = logging.getLogger("taskstream.replay")
-
-CONNECT_OPTIONS = "-c TimeZone=UTC -c default_transaction_isolation=read\\ committed"
-
 
 REPLAY_LOCK_KEY = 7_306_010_008  # session advisory lock: one replay per database at a time
 
@@ -126,108 +122,6 @@ class Result:
     resumed: bool
     failures: list[bulk.Failure] = field(default_factory=list)
     locked_seconds: float = 0.0  # how long the swap held the live tables locked (readers waited)
-
-
-@dataclass(frozen=True)
-class Part:
-    model: str
-    shard: int = 0
-    shards: int = 1
-
-    @property
-    def name(self) -> str:
-        return self.model if self.shards == 1 else f"{self.model}/{self.shard}"
-
-
-def parts_named(names: Iterable[str]) -> list[Part]:
-    """The parts of a run from their names (``tasks``, or ``tasks/0`` … ``tasks/<n-1>``)."""
-    names = sorted(names)
-    shards: dict[str, int] = {}
-    for name in names:
-        model, _, shard = name.partition("/")
-        if shard:
-            shards[model] = shards.get(model, 0) + 1
-    out = []
-    for name in names:
-        model, _, shard = name.partition("/")
-        out.append(Part(model, int(shard), shards[model]) if shard else Part(model))
-    return out
-
-
-def connect(url: str) -> psycopg.Connection[Any]:
-    return psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS)
-
-
-# --- one part: fold a category (or a shard of it) up to a position --------------------------------
-
-
-def build_part(
-    url: str, run_id: str, table: str, part: Part, start: int, target: int, *, chunk_span: int, checkpoint_events: int,
-    report: Callable[[str, int], None], stopped: Callable[[], bool],
-) -> tuple[int, list[bulk.Failure]]:  # fmt: skip
-    """Fold ``part`` from ``start`` to ``target`` into ``table``; returns the position reached
-    (``target`` unless stopped) and the streams it stopped."""
-    model = MODELS[part.model]
-    with connect(url) as conn, _no_gc():
-        fold = bulk.Fold(model, registry(), position=start)
-        writer = rebuild.RowWriter(conn, model, table)
-        if start > 0:
-            fold.rows = rebuild.load_rows(conn, model, table, shard=part.shard, shards=part.shards)
-            writer.written = set(fold.rows)
-        position, pending, flushed_at = start, 0, time.monotonic()
-        while position < target and not stopped():
-            upto = min(target, position + chunk_span)
-            events = bulk.parse_events(
-                rebuild.copy_events(conn, [model.category], position, upto, shard=part.shard, shards=part.shards)
-            )
-            fold.apply(events)
-            position = fold.position = upto
-            pending += len(events)
-            report(part.name, len(events))
-            if position >= target or pending >= checkpoint_events or time.monotonic() - flushed_at > 30 or stopped():
-                _checkpoint(conn, writer, fold, run_id, part.name, position)
-                pending, flushed_at = 0, time.monotonic()
-        return position, list(fold.failed.values())
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """The fold holds millions of young containers that are never garbage: without this, the
-    cyclic collector walks them again and again (a third of the time, measured)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _checkpoint(conn: psycopg.Connection[Any], writer: rebuild.RowWriter, fold: bulk.Fold, run_id: str, part: str, position: int) -> None:
-    dirty = sorted(fold.dirty)
-    with conn.transaction():
-        writer.write([(s, fold.rows[s]) for s in dirty])
-        rebuild.set_progress(conn, run_id, part, position, fold.events)
-    fold.dirty = set()
-
-
-def _part_process(url: str, run_id: str, table: str, part: Part, start: int, target: int, chunk_span: int,
-                  checkpoint_events: int, reports: Any, stop: Any) -> None:  # fmt: skip
-    """A part in a process of its own (spawned): reports ``(part, events)`` as it goes and
-    ``(part, position, failures)`` at the end; SIGINT is the parent's to handle."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        position, failures = build_part(
-            url, run_id, table, part, start, target, chunk_span=chunk_span, checkpoint_events=checkpoint_events,
-            report=lambda name, n: reports.put(("events", name, n)), stopped=stop.is_set,
-        )  # fmt: skip
-        reports.put(("done", part.name, position, failures))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
-        reports.put(("error", part.name, f"{type(exc).__name__}: {exc}"))
-        raise
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -400,7 +294,7 @@ class Replay:
         reports = ctx.Queue()
         stop = ctx.Event()
         procs = [
-            ctx.Process(target=_part_process, name=f"replay-{p.name}", daemon=True,
+            ctx.Process(target=part_process, name=f"replay-{p.name}", daemon=True,
                         args=(self.url, run_id, tables[p.model], p, starts[p.name], target, req.chunk_span, req.checkpoint_events, reports, stop))
             for p in todo
         ]  # fmt: skip
