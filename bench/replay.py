@@ -13,6 +13,7 @@ Measured in the same run, on the same table:
   start to the swap's commit, events folded / wall time.
 ``ratio`` = replay / COPY TO. Goals: >= 100,000 events/s and ratio >= 0.5.
 
+BENCH_SHARDS sets the shards of the largest read model (default: one per core).
 Uses DATABASE_URL and REDIS_URL if set (as the owner of the read models), else embedded
 PostgreSQL (fsync on) and Valkey in a temporary folder. Prints one JSON line.
 """
@@ -184,7 +185,7 @@ def main() -> int:
             total = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         del lines
         copy_rate, copied = copy_to_rate(db_url)
-        replay = Replay(db_url, Request(), invalidate=redis_invalidator(redis_url))
+        replay = Replay(db_url, Request(shards=int(os.environ.get("BENCH_SHARDS", 0))), invalidate=redis_invalidator(redis_url))
         cpu_before = _cpu()
         result = replay.run()
         cpu = _cpu() - cpu_before
@@ -205,6 +206,7 @@ def main() -> int:
         "replay_events_per_s": round(replay_rate, 1),
         "replay_seconds": round(result.seconds, 2),
         "swap_locked_seconds": round(result.locked_seconds, 3),
+        "phases_seconds": {k: round(v, 2) for k, v in replay.phases.items()},
         "copy_to_events_per_s": round(baseline, 1),
         "copy_to_runs_events_per_s": [round(copy_rate, 1), round(copy_rate_again, 1)],
         "ratio": round(replay_rate / baseline, 3),

@@ -141,6 +141,7 @@ class Replay:
         self.models: list[ReadModel] = [MODELS[n] for n in rebuild.LOCK_ORDER if n in request.models]
         self.failures: dict[str, bulk.Failure] = {}
         self.locked_seconds = 0.0
+        self.phases: dict[str, float] = {}  # seconds per phase of the last run
 
     # The parts: the model with the most events is split in shards (folded in parallel).
     def parts(self, conn: psycopg.Connection[Any]) -> list[Part]:
@@ -179,12 +180,15 @@ class Replay:
         self.progress.note(f"replay {run_id}: {', '.join(m.name for m in self.models)} up to position {bulk_target}"
                            + (" (resumed)" if resumed else ""))  # fmt: skip
         self.progress.start(total)
+        self.phases["plan"] = time.monotonic() - started
         events = self._build_parts(run_id, tables, parts, starts, bulk_target)
+        self.phases["fold"] = time.monotonic() - started - self.phases["plan"]
         if self.stopped():
             return self._interrupted(run_id, tables, started, events, resumed)
         with connect(self.url) as conn:
             for model in self.models:
                 rebuild.finish_table(conn, model.name, tables[model.name], run_id)
+            self.phases["indexes"] = time.monotonic() - started - self.phases["plan"] - self.phases["fold"]
             if not self.request.swap:
                 if "projects" in tables and "tasks" in tables:
                     rebuild.recount(conn, tables["projects"], tables["tasks"])
@@ -202,7 +206,10 @@ class Replay:
                     events += self._fold_tail(conn, tables, position, head)
                     conn.execute("UPDATE replay_runs SET target_position = %s, updated_at = now() WHERE run_id = %s", (head, run_id))
                 position = head
+            swap_started = time.monotonic()
+            self.phases["catch_up"] = swap_started - started - sum(self.phases.values())
             position, tail = self._swap(conn, run_id, tables, position)
+            self.phases["swap"] = time.monotonic() - swap_started
             events += tail
         seconds = time.monotonic() - started  # to the swap's commit
         self.progress.close()
