@@ -29,6 +29,7 @@ from schemas.projects import (
     ProjectMemberRemoved,
     ProjectMemberRoleChanged,
     ProjectRole,
+    ProjectChanges,
     ProjectUpdated,
     RemoveProjectMember,
     UpdateProject,
@@ -106,7 +107,7 @@ def _update(state: ProjectState, command: UpdateProject) -> list[ProjectEvent]:
     )
     if name is None and description is None:
         return []
-    return [ProjectUpdated(project_id=state.project_id, name=name, description=description)]
+    return [ProjectUpdated(project_id=state.project_id, changes=ProjectChanges(name=name, description=description))]
 
 
 def _add_member(state: ProjectState, command: AddProjectMember) -> list[ProjectEvent]:
@@ -151,11 +152,11 @@ def evolve(state: State, event: ProjectEvent) -> State:
     if state is None:
         raise InvalidHistory(state, event)
     match event:
-        case ProjectUpdated(name=name, description=description):
+        case ProjectUpdated(changes=changes):
             return replace(
                 state,
-                name=state.name if name is None else name,
-                description=state.description if description is None else description,
+                name=state.name if changes.name is None else changes.name,
+                description=state.description if changes.description is None else changes.description,
             )
         case ProjectArchived():
             return replace(state, archived=True)

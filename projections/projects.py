@@ -31,7 +31,7 @@ def apply(row: Row | None, event: RecordedEvent) -> Row:
         )
     row = require(row if row is None or row.get("version", 0) > 0 else None, event)
     if event.type == "project.updated":
-        changes = {k: data[k] for k in ("name", "description") if data.get(k) is not None}
+        changes = {k: v for k, v in data["changes"].items() if k in ("name", "description") and v is not None}
         return stamped(row, event, **changes)
     if event.type == "project.archived":
         return stamped(row, event, archived=True)

@@ -6,13 +6,25 @@ from functools import lru_cache
 from typing import Any
 
 from schemas.base import Command, DomainEvent
-from schemas.projects import PROJECT_COMMANDS, PROJECT_EVENTS, PROJECT_NAME_COMMANDS, PROJECT_NAME_EVENTS
+from schemas.projects import (
+    PROJECT_COMMANDS,
+    PROJECT_EVENTS,
+    PROJECT_HISTORIC_EVENTS,
+    PROJECT_NAME_COMMANDS,
+    PROJECT_NAME_EVENTS,
+    PROJECT_UPCASTERS,
+)
 from schemas.registry import Registry
 from schemas.tasks import TASK_COMMANDS, TASK_EVENTS
 from schemas.users import USER_COMMANDS, USER_EMAIL_COMMANDS, USER_EMAIL_EVENTS, USER_EVENTS
 
 EVENTS: tuple[type[DomainEvent], ...] = USER_EVENTS + USER_EMAIL_EVENTS + PROJECT_EVENTS + PROJECT_NAME_EVENTS + TASK_EVENTS
 COMMANDS: tuple[type[Command], ...] = USER_COMMANDS + USER_EMAIL_COMMANDS + PROJECT_COMMANDS + PROJECT_NAME_COMMANDS + TASK_COMMANDS
+
+# Event classes of past schema versions (their JSON Schema stays published), and the upcasters
+# from each past version to the next. The rule: see "Schema evolution" in the README.
+HISTORIC_EVENTS: tuple[type[DomainEvent], ...] = PROJECT_HISTORIC_EVENTS
+UPCASTERS = {**PROJECT_UPCASTERS}
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {cls.TYPE: cls for cls in COMMANDS}
 if len(COMMANDS_BY_TYPE) != len(COMMANDS):
@@ -21,8 +33,9 @@ if len(COMMANDS_BY_TYPE) != len(COMMANDS):
 
 @lru_cache(maxsize=1)
 def registry() -> Registry:
-    """The registry of every event type (no upcasters yet: everything is at version 1)."""
-    return Registry.of(EVENTS)
+    """The registry of every event type at its current version, with the upcasters every read
+    path decodes through (projectors, replays, the command handler, workers)."""
+    return Registry.of(EVENTS, UPCASTERS)
 
 
 @lru_cache(maxsize=1)

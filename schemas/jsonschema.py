@@ -26,7 +26,7 @@ from typing import Any
 
 from schemas import catalog
 from schemas.base import Command, DomainEvent
-from schemas.catalog import COMMANDS, EVENTS
+from schemas.catalog import COMMANDS, EVENTS, HISTORIC_EVENTS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
@@ -52,6 +52,15 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         if command_cls.TYPE in out:
             raise ValueError(f"type name {command_cls.TYPE!r} is used by an event and a command")
         out[command_cls.TYPE] = _schema(command_cls, "command")
+    return out
+
+
+def event_schemas() -> dict[tuple[str, int], dict[str, Any]]:
+    """(type, schema version) -> JSON Schema of its ``data``, for every version of every event
+    type, past ones included: a stored or published record of any version can be validated."""
+    out = {(cls.TYPE, cls.SCHEMA_VERSION): _schema(cls, "event") for cls in EVENTS}
+    for cls in HISTORIC_EVENTS:
+        out[(cls.TYPE, cls.SCHEMA_VERSION)] = _schema(cls, "event")
     return out
 
 

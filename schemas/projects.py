@@ -7,11 +7,12 @@ in its own ``project_name`` stream; see ``commands.project_name`` for the protoc
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
-from pydantic import StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from schemas.base import Command, DomainEvent
+from schemas.envelope import NewEvent
 
 ProjectRole: TypeAlias = Literal["owner", "editor", "viewer"]
 PROJECT_ROLES: tuple[ProjectRole, ...] = ("owner", "editor", "viewer")
@@ -36,14 +37,52 @@ class ProjectCreated(DomainEvent):
     description: Description = ""
 
 
+class ProjectChanges(BaseModel):
+    """The fields a ``project.updated`` changed; a field left out is unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: ProjectName | None = None
+    description: Description | None = None
+
+
 class ProjectUpdated(DomainEvent):
-    """Only the fields that changed are set; ``None`` means unchanged."""
+    """Version 2: the fields that changed, and only those, under ``changes``.
+
+    Version 1 (``ProjectUpdatedV1``) carried ``name`` and ``description`` at the top level with
+    ``null`` meaning "unchanged": a reader could not tell "unchanged" from a value, and each new
+    updatable field would have widened the event itself. Stored v1 events are never rewritten;
+    they are read through ``upcast_project_updated_v1``."""
 
     TYPE: ClassVar[str] = "project.updated"
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    project_id: uuid.UUID
+    changes: ProjectChanges
+
+    def to_new_event(self) -> NewEvent:
+        # Only the fields that changed are written: a null never stands for "unchanged".
+        return NewEvent(type=self.TYPE, schema_version=self.SCHEMA_VERSION, data=self.model_dump(mode="json", exclude_none=True))
+
+
+class ProjectUpdatedV1(DomainEvent):
+    """``project.updated`` as stored before version 2: kept for its JSON Schema (consumers of
+    old records) and the upcaster's tests; never decoded into (the registry upcasts instead)."""
+
+    TYPE: ClassVar[str] = "project.updated"
+    SCHEMA_VERSION: ClassVar[int] = 1
 
     project_id: uuid.UUID
     name: ProjectName | None = None
     description: Description | None = None
+
+
+def upcast_project_updated_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: the non-null fields of v1 move under ``changes``."""
+    return {
+        "project_id": data["project_id"],
+        "changes": {k: data[k] for k in ("name", "description") if data.get(k) is not None},
+    }
 
 
 class ProjectArchived(DomainEvent):
@@ -92,6 +131,9 @@ PROJECT_EVENTS: tuple[type[DomainEvent], ...] = (
     ProjectMemberRoleChanged,
     ProjectMemberRemoved,
 )
+# Past versions of event types, for their JSON Schema; (type, version) -> its upcaster to the next.
+PROJECT_HISTORIC_EVENTS: tuple[type[DomainEvent], ...] = (ProjectUpdatedV1,)
+PROJECT_UPCASTERS = {("project.updated", 1): upcast_project_updated_v1}
 
 
 # -- project commands -----------------------------------------------------------------

@@ -10,8 +10,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from taskstream.settings import Settings, SettingsError
 from taskstream.telemetry import TelemetryError, configure_tracing, logging_from_env
@@ -280,9 +281,113 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--concurrency", type=int, help="tasks at a time in this process (default WORKER_CONCURRENCY)")
     work.add_argument("--metrics-port", type=int, help="port of this worker's /metrics (default WORKER_METRICS_PORT; 0: none)")
     work.set_defaults(func=cmd_work)
-    for later in ("replay",):
-        sub.add_parser(later, help="(not built yet)").set_defaults(func=cmd_later)
+    _add_replay_commands(sub)
     return p
+
+
+# --- replay and verify ---------------------------------------------------------------------------
+
+
+def _replay_models(choice: str) -> tuple[str, ...]:
+    return ("users", "projects", "tasks") if choice == "all" else (choice,)
+
+
+def _rfc3339(text: str) -> object:
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (write Z or +hh:mm)")
+    return moment.astimezone(timezone.utc)
+
+
+def _stop_flag() -> Callable[[], bool]:
+    """SIGINT/SIGTERM set a flag the replay reads between chunks; a second SIGINT aborts."""
+    stopping: list[bool] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stopping.append(True)
+        print("taskstream replay: stopping at the next checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return lambda: bool(stopping)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Rebuild read models from the events table and swap them in (or, with --until-*, build
+    them as of then beside the live ones)."""
+    from projections.replay import Request, discard
+    from taskstream.progress import for_terminal
+    from taskstream.wiring import replay_database_url, run_replay
+
+    from projections.replay import ReplayBusy
+
+    settings = _settings()
+    if args.discard:
+        try:
+            dropped = discard(replay_database_url(settings), args.discard)
+        except (LookupError, ValueError) as exc:
+            print(f"taskstream replay: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps({"run": args.discard, "dropped": dropped}))
+        return 0
+    request = Request(models=_replay_models(args.projection), until_position=args.until_position, until_time=args.until_time,
+                      parallel=not args.no_parallel)  # fmt: skip
+    try:
+        result = run_replay(settings, request, progress=for_terminal("replay"), stopped=_stop_flag())
+    except ReplayBusy as exc:
+        print(f"taskstream replay: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "run": result.run_id, "status": result.status, "tables": result.tables, "position": result.position,  # type: ignore[attr-defined]
+        "events": result.events, "seconds": round(result.seconds, 2), "resumed": result.resumed,  # type: ignore[attr-defined]
+        "failures": [vars(f) for f in result.failures], "locked_seconds": round(result.locked_seconds, 3),  # type: ignore[attr-defined]
+    }  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    if result.status == "interrupted":  # type: ignore[attr-defined]
+        print("taskstream replay: interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    if result.status == "built":  # type: ignore[attr-defined]
+        print(f"taskstream replay: built as of position {result.position} (not swapped): "  # type: ignore[attr-defined]
+              f"{', '.join(result.tables.values())}; drop them with `taskstream replay --discard {result.run_id}`",  # type: ignore[attr-defined]
+              file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare the live read models with a fresh replay; exit 1 when a row differs."""
+    from taskstream.progress import for_terminal
+    from taskstream.wiring import run_verify
+
+    reports = run_verify(_settings(), _replay_models(args.projection), progress=for_terminal("verify"), settle=args.settle)
+    for report in reports:
+        print(json.dumps(report.to_json()), flush=True)  # type: ignore[attr-defined]
+    differing = [r.model for r in reports if not r.equal]  # type: ignore[attr-defined]
+    if differing:
+        print(f"taskstream verify: {', '.join(differing)} differ from a replay of the events", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_replay_commands(sub: Any) -> None:
+    replay = sub.add_parser("replay", help="rebuild read models from the events table (blue/green swap)")
+    replay.add_argument("--projection", choices=["users", "projects", "tasks", "all"], default="all")
+    until = replay.add_mutually_exclusive_group()
+    until.add_argument("--until-position", type=int, metavar="N", help="build as of this global position, beside the live tables")
+    until.add_argument("--until-time", type=_rfc3339, metavar="T", help="build as of this RFC 3339 time, beside the live tables")
+    replay.add_argument("--no-parallel", action="store_true", help="fold in this process only")
+    replay.add_argument("--discard", metavar="RUN", help="drop the tables of a run that was not swapped")
+    replay.set_defaults(func=cmd_replay)
+    verify = sub.add_parser("verify", help="compare the live read models with a fresh replay")
+    verify.add_argument("--projection", choices=["users", "projects", "tasks", "all"], default="all")
+    verify.add_argument("--settle", type=float, default=5.0, help="seconds to let lagging live rows catch up")
+    verify.set_defaults(func=cmd_verify)
 
 
 def main(argv: list[str] | None = None) -> int:

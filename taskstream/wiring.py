@@ -566,3 +566,39 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
         if port:
             server.shutdown()
         await store.close()
+
+
+# --- replay and verify (operators' commands) ---------------------------------------------------
+
+
+def replay_database_url(settings: Settings) -> str:
+    """A replay creates, renames and drops tables: it runs as their owner (the migrations' role)."""
+    return settings.migration_database_url or settings.database_url
+
+
+def run_replay(settings: Settings, request: object, *, progress: object | None = None, stopped: object = None) -> object:
+    """``taskstream replay``: rebuild (and swap in) read models; the gateways' caches are
+    invalidated through Redis after the swap (see projections/replay.py)."""
+    from projections.replay import Replay, redis_invalidator
+
+    replay = Replay(replay_database_url(settings), request, progress=progress,  # type: ignore[arg-type]
+                    invalidate=redis_invalidator(settings.redis_url) if settings.redis_url else None,
+                    stopped=stopped or (lambda: False))  # type: ignore[arg-type]  # fmt: skip
+    return replay.run()
+
+
+def run_verify(settings: Settings, models: Sequence[str], *, progress: object | None = None, settle: float = 5.0) -> list[object]:
+    """``taskstream verify``: a replay to the head built beside the live tables, compared with
+    them, then dropped."""
+    from projections import verify
+    from projections.replay import Replay, Request, connect, discard
+
+    url = replay_database_url(settings)
+    with connect(url) as conn:
+        head = int(conn.execute("SELECT COALESCE(max(global_position), 0) FROM events").fetchone()[0])  # type: ignore[index]
+    result = Replay(url, Request(models=tuple(models), until_position=head), progress=progress).run()  # type: ignore[arg-type]
+    try:
+        with connect(url) as conn:
+            return [verify.compare(conn, m, m, t, settle=settle) for m, t in result.tables.items()]
+    finally:
+        discard(url, result.run_id)

@@ -11,7 +11,7 @@ from commands import project
 from commands.handler import load
 from commands.states import StateCache
 from event_store.postgres import PostgresEventStore
-from schemas.projects import ProjectCreated, ProjectMemberAdded, ProjectUpdated
+from schemas.projects import ProjectChanges, ProjectCreated, ProjectMemberAdded, ProjectUpdated
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -25,7 +25,7 @@ async def test_cached_incremental_loads_equal_full_loads(store: PostgresEventSto
     for n, count in enumerate(steps):
         events = [
             ProjectMemberAdded(project_id=project_id, user_id=uuid.uuid4(), role="viewer").to_new_event() if i % 2 else
-            ProjectUpdated(project_id=project_id, description=f"step {n}.{i}").to_new_event()
+            ProjectUpdated(project_id=project_id, changes=ProjectChanges(description=f"step {n}.{i}")).to_new_event()
             for i in range(count)
         ]  # fmt: skip
         version = (await store.append(stream, version, events)).version

@@ -43,7 +43,8 @@ STRATEGIES: dict[type[DomainEvent], st.SearchStrategy[Any]] = {
     u.UserEmailClaimed: st.builds(u.UserEmailClaimed, email=emails, user_id=ids),
     p.ProjectCreated: st.builds(p.ProjectCreated, project_id=ids, owner_id=ids, name=names, description=free_text),
     p.ProjectUpdated: st.builds(
-        p.ProjectUpdated, project_id=ids, name=st.none() | names, description=st.none() | free_text
+        p.ProjectUpdated, project_id=ids,
+        changes=st.builds(p.ProjectChanges, name=st.none() | names, description=st.none() | free_text),
     ),
     p.ProjectArchived: st.builds(p.ProjectArchived, project_id=ids),
     p.ProjectMemberAdded: st.builds(p.ProjectMemberAdded, project_id=ids, user_id=ids, role=project_roles),

@@ -15,6 +15,7 @@ from schemas.projects import (
     ArchiveProject,
     CreateProject,
     ProjectArchived,
+    ProjectChanges,
     ProjectCreated,
     ProjectMemberAdded,
     ProjectMemberRemoved,
@@ -54,12 +55,12 @@ def test_create_twice_is_refused() -> None:
 
 def test_update_emits_only_what_changed() -> None:
     command = UpdateProject(project_id=PROJECT, name="Apollo", description="mars")
-    assert when([CREATED], command) == [ProjectUpdated(project_id=PROJECT, description="mars")]
+    assert when([CREATED], command) == [ProjectUpdated(project_id=PROJECT, changes=ProjectChanges(description="mars"))]
 
 
 def test_update_name() -> None:
     assert when([CREATED], UpdateProject(project_id=PROJECT, name="Artemis")) == [
-        ProjectUpdated(project_id=PROJECT, name="Artemis")
+        ProjectUpdated(project_id=PROJECT, changes=ProjectChanges(name="Artemis"))
     ]
 
 
@@ -153,7 +154,7 @@ def test_evolve_builds_the_state_from_history() -> None:
             BOB_EDITS,
             ProjectMemberRoleChanged(project_id=PROJECT, user_id=BOB, role="owner", previous_role="editor"),
             ProjectMemberRemoved(project_id=PROJECT, user_id=OWNER),
-            ProjectUpdated(project_id=PROJECT, name="Artemis"),
+            ProjectUpdated(project_id=PROJECT, changes=ProjectChanges(name="Artemis")),
             ProjectArchived(project_id=PROJECT),
         ],
     )

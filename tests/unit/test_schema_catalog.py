@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from schemas.base import Command, DomainEvent
-from schemas.catalog import COMMANDS, COMMANDS_BY_TYPE, EVENTS, registry
+from schemas.catalog import COMMANDS, COMMANDS_BY_TYPE, EVENTS, HISTORIC_EVENTS, registry
 from schemas.envelope import RecordedEvent
-from schemas.jsonschema import json_schemas, main
+from schemas.jsonschema import event_schemas, json_schemas, main
 from schemas.registry import UnknownEventType
 
 CATEGORY_OF_MODULE = {
@@ -35,8 +35,26 @@ def test_every_type_name_is_unique() -> None:
     assert set(COMMANDS_BY_TYPE) == {cls.TYPE for cls in COMMANDS}
 
 
-def test_events_are_version_1() -> None:
-    assert {cls.SCHEMA_VERSION for cls in EVENTS} == {1}
+def test_every_past_version_has_an_upcaster_and_keeps_its_class() -> None:
+    """The schema evolution rule (README): a new version comes with an upcaster from the one
+    before, and the old version's class stays, for its published JSON Schema."""
+    upcasters = registry().upcasters
+    historic = {(cls.TYPE, cls.SCHEMA_VERSION) for cls in HISTORIC_EVENTS}
+    for cls in EVENTS:
+        for version in range(1, cls.SCHEMA_VERSION):
+            assert (cls.TYPE, version) in upcasters, (cls.TYPE, version)
+            assert (cls.TYPE, version) in historic, (cls.TYPE, version)
+    assert set(upcasters) == historic
+
+
+def test_there_is_a_json_schema_for_every_version_of_every_event() -> None:
+    schemas = event_schemas()
+    expected = {(cls.TYPE, v) for cls in EVENTS for v in range(1, cls.SCHEMA_VERSION + 1)}
+    assert set(schemas) == expected
+    for (type_, version), schema in schemas.items():
+        assert schema["title"] == type_ and schema["x-schema-version"] == version
+    assert "changes" in schemas[("project.updated", 2)]["required"]
+    assert "changes" not in schemas[("project.updated", 1)]["properties"]
 
 
 def test_the_registry_knows_every_event_and_is_built_once() -> None:
@@ -79,3 +97,16 @@ def test_main_writes_one_file_per_type(tmp_path: Path, capsys: pytest.CaptureFix
     written = json.loads((tmp_path / "task.failed.json").read_text())
     assert written["x-schema-version"] == 1 and "retry_scheduled" in written["required"]
     assert f"wrote {len(files)} schemas" in capsys.readouterr().out
+
+
+def test_project_updated_v1_is_upcast_to_v2() -> None:
+    from schemas.projects import ProjectChanges, ProjectUpdated
+
+    project_id = uuid.uuid4()
+    v1 = {"project_id": str(project_id), "name": None, "description": "new"}
+    assert registry().upcast("project.updated", 1, v1) == {"project_id": str(project_id), "changes": {"description": "new"}}
+    row = RecordedEvent(uuid.uuid4(), f"project-{project_id}", "project.updated", 1, 2, 9, datetime.now(UTC), v1, {})
+    assert registry().decode(row) == ProjectUpdated(project_id=project_id, changes=ProjectChanges(description="new"))
+    # Written at v2, only what changed is stored: no null stands for "unchanged".
+    written = ProjectUpdated(project_id=project_id, changes=ProjectChanges(name="N")).to_new_event()
+    assert written.schema_version == 2 and written.data == {"project_id": str(project_id), "changes": {"name": "N"}}

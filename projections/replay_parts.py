@@ -1,0 +1,129 @@
+"""One part of a replay: a read model, or one shard of it, folded up to a position.
+
+A part streams its category's events in ``(position, target]`` ranges with ``COPY``, folds
+them in memory (``projections.bulk.Fold``: the live projectors' ``apply``) and, at each
+checkpoint, writes the rows it changed and its position (``replay_progress``) in one
+transaction. A part started again loads its rows back and continues from its position; the
+rows' versions make re-reading the last range harmless. It runs in the replay's process or in
+one of its own (``part_process``), with the garbage collector off: the fold holds millions of
+young containers that are never garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from projections import bulk, rebuild
+from projections.catalog import MODELS
+from schemas.catalog import registry
+
+CONNECT_OPTIONS = "-c TimeZone=UTC -c default_transaction_isolation=read\\ committed"
+
+
+@dataclass(frozen=True)
+class Part:
+    model: str
+    shard: int = 0
+    shards: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.model if self.shards == 1 else f"{self.model}/{self.shard}"
+
+
+def parts_named(names: Iterable[str]) -> list[Part]:
+    """The parts of a run from their names (``tasks``, or ``tasks/0`` … ``tasks/<n-1>``)."""
+    names = sorted(names)
+    shards: dict[str, int] = {}
+    for name in names:
+        model, _, shard = name.partition("/")
+        if shard:
+            shards[model] = shards.get(model, 0) + 1
+    out = []
+    for name in names:
+        model, _, shard = name.partition("/")
+        out.append(Part(model, int(shard), shards[model]) if shard else Part(model))
+    return out
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS)
+
+
+# --- one part: fold a category (or a shard of it) up to a position --------------------------------
+
+
+def build_part(
+    url: str, run_id: str, table: str, part: Part, start: int, target: int, *, chunk_span: int, checkpoint_events: int,
+    report: Callable[[str, int], None], stopped: Callable[[], bool],
+) -> tuple[int, list[bulk.Failure]]:  # fmt: skip
+    """Fold ``part`` from ``start`` to ``target`` into ``table``; returns the position reached
+    (``target`` unless stopped) and the streams it stopped."""
+    model = MODELS[part.model]
+    with connect(url) as conn, _no_gc():
+        fold = bulk.Fold(model, registry(), position=start)
+        writer = rebuild.RowWriter(conn, model, table)
+        if start > 0:
+            fold.rows = rebuild.load_rows(conn, model, table, shard=part.shard, shards=part.shards)
+            writer.written = set(fold.rows)
+        position, pending, flushed_at = start, 0, time.monotonic()
+        while position < target and not stopped():
+            upto = min(target, position + chunk_span)
+            events = bulk.parse_events(
+                rebuild.copy_events(conn, [model.category], position, upto, shard=part.shard, shards=part.shards)
+            )
+            fold.apply(events)
+            position = fold.position = upto
+            pending += len(events)
+            report(part.name, len(events))
+            if position >= target or pending >= checkpoint_events or time.monotonic() - flushed_at > 30 or stopped():
+                _checkpoint(conn, writer, fold, run_id, part.name, position)
+                pending, flushed_at = 0, time.monotonic()
+        return position, list(fold.failed.values())
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The fold holds millions of young containers that are never garbage: without this, the
+    cyclic collector walks them again and again (about a quarter of the time, measured)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _checkpoint(conn: psycopg.Connection[Any], writer: rebuild.RowWriter, fold: bulk.Fold, run_id: str, part: str, position: int) -> None:
+    dirty = sorted(fold.dirty)
+    with conn.transaction():
+        writer.write([(s, fold.rows[s]) for s in dirty])
+        rebuild.set_progress(conn, run_id, part, position, fold.events)
+    fold.dirty = set()
+
+
+def part_process(url: str, run_id: str, table: str, part: Part, start: int, target: int, chunk_span: int,
+                  checkpoint_events: int, reports: Any, stop: Any) -> None:  # fmt: skip
+    """A part in a process of its own (spawned): reports ``(part, events)`` as it goes and
+    ``(part, position, failures)`` at the end; SIGINT is the parent's to handle."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        position, failures = build_part(
+            url, run_id, table, part, start, target, chunk_span=chunk_span, checkpoint_events=checkpoint_events,
+            report=lambda name, n: reports.put(("events", name, n)), stopped=stop.is_set,
+        )  # fmt: skip
+        reports.put(("done", part.name, position, failures))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
+        reports.put(("error", part.name, f"{type(exc).__name__}: {exc}"))
+        raise
