@@ -1,42 +1,27 @@
 """The analysts' contract: what an event looks like once published (Kafka, SSE, tail).
 
 Published events are the envelope of ``RecordedEvent.to_json`` with the data's private fields
-(a password hash) left out. So the JSON Schema of published data is the event class's schema
-(``schemas/jsonschema.py``) without those fields; everything else, ``additionalProperties:
-false`` included, holds as stored. A record names its schema in the CloudEvents header
-``ce_dataschema``: ``urn:taskstream:schema:<type>:v<schema_version>``.
+(a password hash) left out, at the schema version they were stored with (never upcast: a
+consumer reads old versions through their own schema). The schema of each type and version is
+the published one (``schemas/jsonschema.py``, files in ``schemas/published/``, served at
+``/v1/schemas``); a record names it in the CloudEvents header ``ce_dataschema``, equal to the
+schema's ``$id``: ``urn:taskstream:schema:<type>:v<schema_version>``.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from schemas.catalog import EVENTS
-from schemas.jsonschema import DIALECT, json_schemas
-
-SCHEMA_URN = "urn:taskstream:schema:{type}:v{version}"
+from schemas.jsonschema import DIALECT, published_schemas, schema_id
 
 
 def dataschema(type_: str, schema_version: int) -> str:
-    return SCHEMA_URN.format(type=type_, version=schema_version)
+    return schema_id(type_, schema_version)
 
 
-def published_data_schemas() -> dict[str, dict[str, Any]]:
-    """Event type -> JSON Schema of its data as published (private fields removed)."""
-    private = {cls.TYPE: cls.PRIVATE_FIELDS for cls in EVENTS}
-    out: dict[str, dict[str, Any]] = {}
-    for type_, schema in json_schemas().items():
-        if schema.get("x-kind") != "event":
-            continue
-        schema = copy.deepcopy(schema)
-        for name in private.get(type_, ()):
-            schema.get("properties", {}).pop(name, None)
-            if name in schema.get("required", []):
-                schema["required"].remove(name)
-        schema["$id"] = dataschema(type_, schema["x-schema-version"])
-        out[type_] = schema
-    return out
+def published_data_schemas() -> dict[tuple[str, int], dict[str, Any]]:
+    """(event type, schema version) -> JSON Schema of its data as published."""
+    return published_schemas()
 
 
 def envelope_schema() -> dict[str, Any]:

@@ -11,8 +11,12 @@ them; ``--check`` fails when a file is stale, missing or left over (a test runs 
 
 A published version is never taken back: when a type moves to version N+1 (with its upcaster),
 its version N file stays. It is regenerated from the old class when ``schemas.catalog`` keeps one
-in ``LEGACY_EVENTS`` (a class with the same ``TYPE`` and the old ``SCHEMA_VERSION``); otherwise
+in ``HISTORIC_EVENTS`` (a class with the same ``TYPE`` and the old ``SCHEMA_VERSION``); otherwise
 the file already published is kept as it is, and must exist.
+
+Every published schema's ``$id`` is ``urn:taskstream:schema:<type>:v<version>`` (``schema_id``):
+the value of the ``ce_dataschema`` header on the Kafka records, so a consumer finds the schema of
+a record from its headers alone.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas import catalog
 from schemas.base import Command, DomainEvent
 from schemas.catalog import COMMANDS, EVENTS, HISTORIC_EVENTS
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_ID = "urn:taskstream:schema:{type}:v{version}"
 PUBLISHED_DIR = Path(__file__).resolve().parent / "published"
 INDEX = "index.json"
 
@@ -80,7 +84,7 @@ def write(out_dir: Path) -> list[Path]:
 def published_schema(cls: type[DomainEvent]) -> dict[str, Any]:
     """The JSON Schema of ``cls``'s data as published: its private fields left out."""
     schema = _schema(cls, "event")
-    schema["$id"] = f"https://taskstream.dev/schemas/{file_name(cls.TYPE, cls.SCHEMA_VERSION)}"
+    schema["$id"] = schema_id(cls.TYPE, cls.SCHEMA_VERSION)
     for name in cls.PRIVATE_FIELDS:
         schema.get("properties", {}).pop(name, None)
         if name in schema.get("required", []):
@@ -88,14 +92,30 @@ def published_schema(cls: type[DomainEvent]) -> dict[str, Any]:
     return schema
 
 
+def schema_id(type_: str, version: int) -> str:
+    """The ``$id`` of a published schema, and the ``ce_dataschema`` of records of that version."""
+    return SCHEMA_ID.format(type=type_, version=version)
+
+
+def published_schemas() -> dict[tuple[str, int], dict[str, Any]]:
+    """(type, version) -> the published schema of that version's data, for every version of every
+    event type (past ones from their classes or, failing that, their published file)."""
+    files = expected_files()
+    return {
+        (cls.TYPE, version): json.loads(files[file_name(cls.TYPE, version)])
+        for cls in EVENTS
+        for version in range(1, cls.SCHEMA_VERSION + 1)
+    }
+
+
 def file_name(type_: str, version: int) -> str:
     return f"{type_}.v{version}.json"
 
 
 def _classes() -> dict[tuple[str, int], type[DomainEvent]]:
-    """(type, version) -> class: the current ones and any kept in ``catalog.LEGACY_EVENTS``."""
+    """(type, version) -> class: the current ones and any kept in ``catalog.HISTORIC_EVENTS``."""
     found: dict[tuple[str, int], type[DomainEvent]] = {}
-    for cls in (*EVENTS, *getattr(catalog, "LEGACY_EVENTS", ())):
+    for cls in (*EVENTS, *HISTORIC_EVENTS):
         found[(cls.TYPE, cls.SCHEMA_VERSION)] = cls
     return found
 
@@ -115,7 +135,7 @@ def expected_files(folder: Path = PUBLISHED_DIR) -> dict[str, str]:
             elif (folder / name).is_file():
                 files[name] = (folder / name).read_text(encoding="utf-8")  # published once: kept as it is
             else:
-                raise ValueError(f"{cls.TYPE} version {version} has no class in schemas.catalog.LEGACY_EVENTS and no published file {name}")
+                raise ValueError(f"{cls.TYPE} version {version} has no class in schemas.catalog.HISTORIC_EVENTS and no published file {name}")
             index.append({"type": cls.TYPE, "schema_version": version, "current": version == cls.SCHEMA_VERSION,
                           "category": cls.TYPE.partition(".")[0], "file": name})  # fmt: skip
     files[INDEX] = _dumps({"dialect": DIALECT, "schemas": index})

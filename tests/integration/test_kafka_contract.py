@@ -34,7 +34,7 @@ from event_store.postgres import PostgresEventStore
 from event_store.relay import Relay, RelayConfig
 from schemas.catalog import public_data
 from schemas.contract import dataschema, envelope_schema, published_data_schemas
-from schemas.envelope import CATEGORIES, Metadata
+from schemas.envelope import CATEGORIES, Metadata, NewEvent
 
 pytestmark = pytest.mark.kafka
 
@@ -74,6 +74,10 @@ async def workload(store: PostgresEventStore) -> None:
         await service.remove_member(owner, project, uuid.UUID(member.user_id), ctx=ctx)
         if n == 2:
             await service.archive_project(owner, project, ctx=ctx)
+    # a record of an older schema version, as stored before project.updated v2: published as stored
+    stream = f"project-{project}"
+    version = (await store.read_stream(stream))[-1].version
+    await store.append(stream, version, [NewEvent(type="project.updated", schema_version=1, data={"project_id": str(project), "name": None, "description": "v1"})], ctx.metadata)
 
 
 async def publish(store: PostgresEventStore, bootstrap: str, prefix: str) -> None:
@@ -137,7 +141,7 @@ async def test_analysts_read_the_category_topics_with_independent_clients(contra
         cloudevent = from_binary_event(KafkaMessage(headers=dict(record.headers() or []), key=record.key(), value=record.value()))
         value = json.loads(record.value())
         envelope.validate(value)
-        schema = schemas[value["type"]]
+        schema = schemas[(value["type"], value["schema_version"])]  # old versions by their own schema
         jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(value["data"])
         stored = by_id[cloudevent.get_id()]
         assert value == {**stored.to_json(), "data": public_data(stored.type, stored.data)}  # the table's JSON, less private fields
@@ -153,6 +157,7 @@ async def test_analysts_read_the_category_topics_with_independent_clients(contra
         seen.setdefault(cloudevent.get_id(), record)  # at least once: deduplicate by event id
         streams[stored.stream].append((record.partition(), record.offset(), stored.version))
     assert set(seen) == set(by_id), "every public event is on its topic"
+    assert ("project.updated", 1) in {(e.type, e.schema_version) for e in events}, "an old version was validated by its own schema"
     assert {e.type for e in events} >= {"user.registered", "project.member_role_changed", "task.cancelled", "project.archived"}
     for stream, placed in streams.items():
         assert len({p for p, _, _ in placed}) == 1, f"{stream} spans partitions"
