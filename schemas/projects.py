@@ -66,8 +66,8 @@ class ProjectUpdated(DomainEvent):
 
 
 class ProjectUpdatedV1(DomainEvent):
-    """``project.updated`` as stored before version 2: kept for its JSON Schema (consumers of
-    old records) and the upcaster's tests; never decoded into (the registry upcasts instead)."""
+    """Version 1: the fields that changed are set; null means unchanged. Stored records of this
+    version stay as they are; readers get version 2 through the registry's upcaster."""
 
     TYPE: ClassVar[str] = "project.updated"
     SCHEMA_VERSION: ClassVar[int] = 1
