@@ -1,11 +1,18 @@
 """No-op tasks end to end: taskstream's worker pool beside Celery 5 with a Redis broker.
 
 taskstream: ``POST /v1/projects/{id}/tasks`` (kind ``echo``, empty payload) through the gateway
-(``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes; a task is done
-when its ``task.succeeded`` event is committed in PostgreSQL (fsync on: every transition,
-submitted, started, succeeded, is durable). Celery 5: ``send_task`` from this process to the
-embedded Valkey as broker, 2 ``celery worker --pool solo`` processes (``acks_late``), results
-in Valkey (no persistence); a task is done when its result is stored (``date_done``).
+(``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes and one projector
+(``taskstream project``); a task is done when ``succeeded`` is *visible in the read model*: the
+row of the ``tasks`` table that ``GET /v1/tasks/{id}`` serves says ``succeeded``. The bench
+watches that table (one query per BENCH_POLL_MS, default 5, for all pending tasks of a phase:
+each phase has a project of its own) rather than polling the HTTP API per task, which would load
+the gateway with thousands of reads a second and measure the poller; the done time is when this
+process first saw the row (so it includes up to one poll interval, a handicap of ours: Celery's
+is the server's own ``date_done`` stamp). Every transition (submitted, started, succeeded) is
+committed in PostgreSQL with fsync on before it shows there. Celery 5: ``send_task`` from this
+process to the embedded Valkey as broker, 2 ``celery worker --pool solo`` processes
+(``acks_late``), results in Valkey (no persistence); a task is done when its result is stored
+(``date_done``).
 
 Both run the same no-op on the same machine in the same run, one after the other:
 1. throughput: BENCH_TASKS (default 2000) tasks submitted as fast as the client can (64
@@ -13,9 +20,8 @@ Both run the same no-op on the same machine in the same run, one after the other
 2. latency at a fixed rate: BENCH_RATE (default 200) tasks/s for BENCH_RATE_SECONDS (default
    10); figure = p50/p99 of (done - submitted) per task.
 
-Done times are server-side stamps (recorded_at of the event; the result's date_done), on the
-same clock as this process. The read model (the tasks table filled by the projector) is not
-part of this branch; the event store is the source of truth it is built from.
+Our stage medians come from the events' server stamps (submitted -> started -> succeeded) and
+the bench's sighting in the read model (succeeded -> visible).
 
 Prints one JSON line with both throughputs, ratio = ours / Celery's (goal >= 1), and both
 latency figures (goal: our p50 and p99 each <= 2x Celery's). Caveat: the load generator, both
@@ -48,6 +54,7 @@ TASKS = int(os.environ.get("BENCH_TASKS", 2000))
 RATE = float(os.environ.get("BENCH_RATE", 200))
 RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", 10))
 CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", 32))
+POLL = float(os.environ.get("BENCH_POLL_MS", 5)) / 1000
 CONNECTIONS = 64
 HOST = "127.0.0.1"
 
@@ -84,9 +91,18 @@ async def ours_setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, str
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not become ready")
             await asyncio.sleep(0.2)
-        response = await client.post("/v1/projects", json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, headers=admin)
+        return base, admin
+
+
+async def new_project(base: str, headers: dict[str, str]) -> tuple[str, str]:
+    """A project of its own for one phase: (its tasks URL, its id)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.post("/v1/projects", json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, headers=headers)
         response.raise_for_status()
-        return f"{base}/v1/projects/{response.json()['id']}/tasks", admin
+        project = str(response.json()["id"])
+        return f"{base}/v1/projects/{project}/tasks", project
 
 
 async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> dict[str, float]:
@@ -116,23 +132,27 @@ async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) 
     return sent
 
 
-async def ours_done(database_url: str, sent: dict[str, float], timeout: float = 300) -> dict[str, float]:
-    """Wait until every task's task.succeeded is committed; return id -> its recorded_at."""
+async def ours_done(database_url: str, project: str, sent: dict[str, float], timeout: float = 300) -> dict[str, float]:
+    """Wait until every task of ``sent`` is ``succeeded`` in the ``tasks`` read model (the rows
+    ``GET /v1/tasks/{id}`` serves); return id -> the wall time this process first saw it so."""
     import psycopg
 
-    streams = [f"task-{i}" for i in sent]
     deadline = time.monotonic() + timeout
+    done: dict[str, float] = {}
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while True:
             cur = await conn.execute(
-                "SELECT stream_id, recorded_at FROM events WHERE stream_id = ANY(%s) AND type = 'task.succeeded'", (streams,)
+                "SELECT task_id FROM tasks WHERE project_id = %s AND status = 'succeeded' AND NOT (task_id = ANY(%s))",
+                (uuid.UUID(project), [uuid.UUID(i) for i in done]),
             )
-            rows = await cur.fetchall()
-            if len(rows) >= len(sent):
-                return {stream.removeprefix("task-"): recorded.timestamp() for stream, recorded in rows}
+            seen = time.time()
+            for (task_id,) in await cur.fetchall():
+                done.setdefault(str(task_id), seen)
+            if len(done) >= len(sent):
+                return done
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(rows)} of {len(sent)} tasks succeeded in {timeout:.0f} s")
-            await asyncio.sleep(0.25)
+                raise RuntimeError(f"only {len(done)} of {len(sent)} tasks visible as succeeded in {timeout:.0f} s")
+            await asyncio.sleep(POLL)
 
 
 # --- Celery --------------------------------------------------------------------------------
@@ -189,31 +209,37 @@ def latencies(sent_at: dict[str, float], done_at: dict[str, float]) -> dict[str,
     return {"p50_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 0.99), 1), "n": len(values)}
 
 
-async def stages(database_url: str, ids: list[str]) -> dict[str, float]:
-    """Medians of where the time went: submitted -> started -> succeeded (server stamps)."""
+async def stages(database_url: str, done: dict[str, float]) -> dict[str, float]:
+    """Medians of where the time went: submitted -> started -> succeeded (server stamps of the
+    events) -> visible in the read model (this process's sighting)."""
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT stream_id, type, recorded_at FROM events WHERE stream_id = ANY(%s)", ([f"task-{i}" for i in ids],)
+            "SELECT stream_id, type, recorded_at FROM events WHERE stream_id = ANY(%s)", ([f"task-{i}" for i in done],)
         )
         stamps: dict[str, dict[str, float]] = {}
         for stream, type_, recorded in await cur.fetchall():
             stamps.setdefault(stream, {})[type_] = recorded.timestamp()
     queued = [s["task.started"] - s["task.submitted"] for s in stamps.values()]
     ran = [s["task.succeeded"] - s["task.started"] for s in stamps.values()]
+    shown = [done[k.removeprefix("task-")] - s["task.succeeded"] for k, s in stamps.items()]
     return {"submitted_to_started_p50_ms": round(statistics.median(queued) * 1000, 1),
-            "started_to_succeeded_p50_ms": round(statistics.median(ran) * 1000, 1)}  # fmt: skip
+            "started_to_succeeded_p50_ms": round(statistics.median(ran) * 1000, 1),
+            "succeeded_to_visible_p50_ms": round(statistics.median(shown) * 1000, 1)}  # fmt: skip
 
 
-async def run_ours(url: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
-    await ours_done(database_url, await ours_submit(url, headers, [0.0] * 200))  # warm-up
+async def run_ours(base: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
+    url, project = await new_project(base, headers)
+    await ours_done(database_url, project, await ours_submit(url, headers, [0.0] * 200))  # warm-up
+    url, project = await new_project(base, headers)
     sent = await ours_submit(url, headers, [0.0] * TASKS)
-    done = await ours_done(database_url, sent)
+    done = await ours_done(database_url, project, sent)
     rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
+    url, project = await new_project(base, headers)
     sent_r = await ours_submit(url, headers, rated)
-    done_r = await ours_done(database_url, sent_r)
-    return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, list(sent_r))}
+    done_r = await ours_done(database_url, project, sent_r)
+    return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, done_r)}
 
 
 def run_celery() -> dict[str, Any]:
@@ -261,10 +287,12 @@ def main() -> int:
             **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": pg.url, "REDIS_URL": valkey.url,
             "KAFKA_BOOTSTRAP_SERVERS": tansu.url, "JWT_SECRET": secrets.token_urlsafe(48), "TASKSTREAM_DEV_MODE": "1",
             "HTTP_PORT": str(http_port), "BLOB_DIR": str(folder / "blobs"), "WORKER_METRICS_PORT": "0",
-            "WORKER_SESSION_TIMEOUT_MS": "2000", "CELERY_BROKER_URL": f"{redis_base}/1", "CELERY_RESULT_BACKEND": f"{redis_base}/2",
+            "WORKER_SESSION_TIMEOUT_MS": "2000", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
+            "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0",  # a bench is one principal
+            "CELERY_BROKER_URL": f"{redis_base}/1", "CELERY_RESULT_BACKEND": f"{redis_base}/2",
         }  # fmt: skip
         cli = [sys.executable, "-m", "taskstream.cli"]
-        children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])]
+        children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"]), ("projector", [*cli, "project"])]
         children += [(f"worker-{n}", [*cli, "work", "--concurrency", str(CONCURRENCY)]) for n in (1, 2)]
         celery = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_noop", "worker", "--pool", "solo", "--loglevel", "WARNING"]
         children += [(f"celery-{n}", [*celery, "-n", f"bench{n}@%h"]) for n in (1, 2)]

@@ -5,7 +5,9 @@ consumer writes what the pool must know to ``worker_tasks`` (new tasks, requeues
 cancellations) and hands tasks it can run at once to its own free slots; only then does it
 commit the batch's offsets. A batch that fails is read again from its first offset (at least
 once; every step is idempotent: a redelivered ``task.submitted`` inserts nothing, and the
-stream decides whether anything may run). Other workers are woken through PostgreSQL
+stream decides whether anything may run). Each new task's row keeps the trace context the
+record carried (its ``traceparent`` header: the relay's publish span; else the event's
+metadata), so the run, whenever and wherever it happens, joins the submission's trace. Other workers are woken through PostgreSQL
 NOTIFY: ``taskstream_work`` when due work was queued, ``taskstream_cancel`` with a task id when
 a task was cancelled (its handler may run in any process).
 """
@@ -17,7 +19,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -28,6 +30,7 @@ from commands.handler import Loaded
 from schemas.catalog import registry as codec_registry
 from schemas.envelope import RecordedEvent
 from schemas.tasks import TaskSubmitted
+from taskstream.telemetry import traceparent_from_headers
 from workers.leases import Claim, Leases, NewTask
 from workers.runner import Worker
 
@@ -54,9 +57,16 @@ class TaskLogConsumer:
                 continue
             if not batches:
                 continue
-            events = [RecordedEvent.from_json(json.loads(m.value)) for messages in batches.values() for m in messages]
+            events, traces = [], {}
+            for messages in batches.values():
+                for m in messages:
+                    event = RecordedEvent.from_json(json.loads(m.value))
+                    events.append(event)
+                    traceparent, _ = traceparent_from_headers(m.headers)
+                    if traceparent:
+                        traces[event.id] = traceparent
             try:
-                await self.handle(events)
+                await self.handle(events, traces)
             except Exception as exc:  # noqa: BLE001 - read the batch again; nothing was committed
                 log.warning("worker consumer: batch failed, reading it again: %r", exc)
                 for tp, messages in batches.items():
@@ -69,7 +79,8 @@ class TaskLogConsumer:
             except Exception as exc:  # noqa: BLE001 - a rebalance: the new owner gets the batch again (idempotent)
                 log.warning("worker consumer: offsets not committed: %r", exc)
 
-    async def handle(self, events: Sequence[RecordedEvent]) -> None:
+    async def handle(self, events: Sequence[RecordedEvent], traces: Mapping[uuid.UUID, str] | None = None) -> None:
+        """``traces``: event id -> the ``traceparent`` its record's headers carried."""
         codec = codec_registry()
         submitted: list[tuple[RecordedEvent, TaskSubmitted]] = []
         requeued, cancelled = [], []
@@ -80,7 +91,7 @@ class TaskLogConsumer:
                 requeued.append(uuid.UUID(str(event.data["task_id"])))
             elif event.type == "task.cancelled":
                 cancelled.append(uuid.UUID(str(event.data["task_id"])))
-        await self._ingest(submitted)
+        await self._ingest(submitted, traces or {})
         if requeued:
             await self._leases.requeue(requeued)
             await self.notify(WORK_CHANNEL, "")
@@ -92,12 +103,13 @@ class TaskLogConsumer:
         if self._fanout is not None:
             await self._fanout(events)
 
-    async def _ingest(self, submitted: list[tuple[RecordedEvent, TaskSubmitted]]) -> None:
+    async def _ingest(self, submitted: list[tuple[RecordedEvent, TaskSubmitted]], traces: Mapping[uuid.UUID, str]) -> None:
         if not submitted:
             return
         mine = self._worker.reserve(len(submitted))
         new = [
-            NewTask(s.task_id, s.project_id, s.kind, s.priority, e.recorded_at, uuid.uuid4() if i < mine else None)
+            NewTask(s.task_id, s.project_id, s.kind, s.priority, e.recorded_at, uuid.uuid4() if i < mine else None,
+                    traces.get(e.id) or e.metadata.get("traceparent"))  # fmt: skip
             for i, (e, s) in enumerate(submitted)
         ]
         try:
@@ -108,7 +120,7 @@ class TaskLogConsumer:
         for (event, sub), row in zip(submitted[:mine], new[:mine], strict=True):
             if row.task_id in inserted and row.lease_id is not None:
                 known = (Loaded(event.stream, task.evolve(None, sub), event.version), sub)
-                self._worker.start(Claim(row.task_id, row.lease_id, False), known)
+                self._worker.start(Claim(row.task_id, row.lease_id, False, row.traceparent), known)
             else:
                 self._worker.release()
         if any(row.task_id in inserted for row in new[mine:]):
