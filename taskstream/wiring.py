@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
@@ -416,6 +418,12 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
 # --- the worker pool --------------------------------------------------------------------------
 
 
+def worker_disk_paths(settings: Settings) -> tuple[Path, ...]:
+    """The data folders a worker watches: the configured ones and its local blob folder."""
+    local = (settings.blob_dir,) if settings.blob_backend == "local" else ()
+    return tuple(dict.fromkeys((*settings.disk_paths, *local)))
+
+
 def worker_identity() -> str:
     import os
     import socket
@@ -433,6 +441,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     from workers.blobs import S3BlobStore, blob_store_from_settings
     from workers.consumer import TaskLogConsumer, listen
     from workers.kinds import Services, load_registry
+    from workers.lag import ConsumerLagMeter
     from workers.leases import Leases
     from workers.metrics import WorkerMetrics
     from workers.runner import Worker, WorkerConfig
@@ -445,7 +454,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     blobs = blob_store_from_settings(settings)
     if isinstance(blobs, S3BlobStore):
         await blobs.ensure_bucket()
-    metrics = WorkerMetrics.create(worker_id, concurrency)
+    registry = process_registry(dataclasses.replace(settings, disk_paths=worker_disk_paths(settings)), store.pool)
+    metrics = WorkerMetrics.create(worker_id, concurrency, registry)
+    lag = ConsumerLagMeter(store.pool)
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     if port:
         server, thread = start_http_server(port, addr=settings.http_host, registry=metrics.registry)
@@ -484,11 +495,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
         )
 
     async def queue_depth() -> None:
-        """The gauge every 2 s; every hour, forget old rows at rest."""
+        """The gauges every 2 s (queue depth, consumer lag); every hour, forget old rows at rest."""
         pruned_at = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 metrics.queue_depth.set(await leases.queue_depth())
+            try:
+                measured = await lag.measure()
+                metrics.lag_events.set(measured.events)
+                metrics.lag_seconds.set(measured.seconds)
+            except Exception as exc:  # noqa: BLE001 - metrics must not stop the worker
+                log.warning("worker: consumer lag measurement failed: %r", exc)
             if time.monotonic() - pruned_at > 3600:
                 pruned_at = time.monotonic()
                 with contextlib.suppress(Exception):
