@@ -433,7 +433,8 @@ def worker_identity() -> str:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: int | None = None, metrics_port: int | None = None) -> None:
-    """``taskstream work``: the log consumer, the claim loop, the listener, webhooks, /metrics."""
+    """``taskstream work``: the log consumer, the claim loop, the listener, the tail of new
+    submissions in PostgreSQL (``worker_tail_submissions``), webhooks, /metrics."""
     from aiokafka import AIOKafkaConsumer
     from prometheus_client import start_http_server
 
@@ -445,6 +446,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     from workers.leases import Leases
     from workers.metrics import WorkerMetrics
     from workers.runner import Worker, WorkerConfig
+    from workers.tail import tail_submissions
     from workers.webhooks.sender import WebhookSender
 
     concurrency = concurrency or settings.worker_concurrency
@@ -538,6 +540,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
             asyncio.create_task(queue_depth()),
             asyncio.create_task(sender.run(stop)),
         ]
+        if settings.worker_tail_submissions:
+            free = lambda: 0 if worker.stopping else concurrency - worker.busy  # noqa: E731
+            background.append(asyncio.create_task(tail_submissions(settings.database_url, log_consumer.take_now, free, stop)))
         claims = asyncio.create_task(worker.run(stop))
         consuming = asyncio.create_task(log_consumer.run(stop))
         await stop.wait()

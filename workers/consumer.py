@@ -103,10 +103,19 @@ class TaskLogConsumer:
         if self._fanout is not None:
             await self._fanout(events)
 
-    async def _ingest(self, submitted: list[tuple[RecordedEvent, TaskSubmitted]], traces: Mapping[uuid.UUID, str]) -> None:
+    async def take_now(self, events: Sequence[RecordedEvent]) -> None:
+        """Submissions read straight from the events table (workers/tail.py): ingest only those
+        this worker has a free slot for, and run them; the rest are the log's to deliver."""
+        codec = codec_registry()
+        await self._ingest([(e, codec.decode(e)) for e in events if e.type == "task.submitted"], {}, only_mine=True)  # type: ignore[misc]
+
+    async def _ingest(self, submitted: list[tuple[RecordedEvent, TaskSubmitted]], traces: Mapping[uuid.UUID, str], *,
+                      only_mine: bool = False) -> None:  # fmt: skip
         if not submitted:
             return
         mine = self._worker.reserve(len(submitted))
+        if only_mine:
+            submitted = submitted[:mine]
         new = [
             NewTask(s.task_id, s.project_id, s.kind, s.priority, e.recorded_at, uuid.uuid4() if i < mine else None,
                     traces.get(e.id) or e.metadata.get("traceparent"))  # fmt: skip
