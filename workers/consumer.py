@@ -45,8 +45,20 @@ Fanout = Callable[[Sequence[RecordedEvent]], Awaitable[None]]  # the webhook out
 class TaskLogConsumer:
     def __init__(self, consumer: Any, worker: Worker, leases: Leases, pool: AsyncConnectionPool, fanout: Fanout | None = None) -> None:
         self._consumer, self._worker, self._leases, self._pool, self._fanout = consumer, worker, leases, pool, fanout
+        self._committing: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, handle, commit. A batch's offsets (exactly its records', not the consumer's
+        position) are committed in the background while the next batch is fetched and handled:
+        the broker's answer to a commit is off the path of the next tasks. Commits stay in order
+        (each waits for the one before) and only ever cover handled batches."""
+        try:
+            await self._run(stop)
+        finally:
+            if self._committing is not None:  # the last batch's commit, also when cancelled
+                await asyncio.shield(self._committing)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 batches = await self._consumer.getmany(timeout_ms=300, max_records=500)
@@ -74,10 +86,16 @@ class TaskLogConsumer:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
                 continue
-            try:
-                await self._consumer.commit()
-            except Exception as exc:  # noqa: BLE001 - a rebalance: the new owner gets the batch again (idempotent)
-                log.warning("worker consumer: offsets not committed: %r", exc)
+            offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+            self._committing = asyncio.create_task(self._commit(self._committing, offsets))
+
+    async def _commit(self, previous: asyncio.Task[None] | None, offsets: dict[Any, int]) -> None:
+        if previous is not None:
+            await previous  # never raises: see below
+        try:
+            await self._consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - a rebalance: the new owner gets the batch again (idempotent)
+            log.warning("worker consumer: offsets not committed: %r", exc)
 
     async def handle(self, events: Sequence[RecordedEvent], traces: Mapping[uuid.UUID, str] | None = None) -> None:
         """``traces``: event id -> the ``traceparent`` its record's headers carried."""

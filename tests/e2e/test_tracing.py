@@ -213,6 +213,10 @@ async def test_one_trace_from_task_submission_to_the_workers_run(
                 await asyncio.sleep(0.05)
             while worker.busy:
                 await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(consuming, 10)
+        # the consumer committed exactly what it handled (in the background, after the batch)
+        assert await consumer.committed(TopicPartition(topic, message.partition)) == message.offset + 1
     finally:
         stop.set()
         await asyncio.wait_for(consuming, 10)
