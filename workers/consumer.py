@@ -7,9 +7,11 @@ commit the batch's offsets. A batch that fails is read again from its first offs
 once; every step is idempotent: a redelivered ``task.submitted`` inserts nothing, and the
 stream decides whether anything may run). Each new task's row keeps the trace context the
 record carried (its ``traceparent`` header: the relay's publish span; else the event's
-metadata), so the run, whenever and wherever it happens, joins the submission's trace. Other workers are woken through PostgreSQL
-NOTIFY: ``taskstream_work`` when due work was queued, ``taskstream_cancel`` with a task id when
-a task was cancelled (its handler may run in any process).
+metadata), so the run, whenever and wherever it happens, joins the submission's trace.
+Other workers are woken through PostgreSQL NOTIFY: ``taskstream_work`` when due work was
+queued, ``taskstream_cancel`` with a task id when a task was cancelled (its handler may run in
+any process). New submissions may also arrive straight from the events table (workers/tail.py,
+:meth:`TaskLogConsumer.take_now`); the log still delivers every one of them.
 """
 
 from __future__ import annotations
