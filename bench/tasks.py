@@ -4,8 +4,8 @@ taskstream: ``POST /v1/projects/{id}/tasks`` (kind ``echo``, empty payload) thro
 (``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes and one projector
 (``taskstream project``); a task is done when ``succeeded`` is *visible in the read model*: the
 row of the ``tasks`` table that ``GET /v1/tasks/{id}`` serves says ``succeeded``. The bench
-watches that table (one query per BENCH_POLL_MS, default 5, for all pending tasks of a phase:
-each phase has a project of its own) rather than polling the HTTP API per task, which would load
+watches that table (one query per BENCH_POLL_MS, default 10, over the phase's project's
+succeeded rows from the oldest task not yet seen: each phase has a project of its own) rather than polling the HTTP API per task, which would load
 the gateway with thousands of reads a second and measure the poller; the done time is when this
 process first saw the row (so it includes up to one poll interval, a handicap of ours: Celery's
 is the server's own ``date_done`` stamp). Every transition (submitted, started, succeeded) is
@@ -54,7 +54,7 @@ TASKS = int(os.environ.get("BENCH_TASKS", 2000))
 RATE = float(os.environ.get("BENCH_RATE", 200))
 RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", 10))
 CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", 32))
-POLL = float(os.environ.get("BENCH_POLL_MS", 5)) / 1000
+POLL = float(os.environ.get("BENCH_POLL_MS", 10)) / 1000
 CONNECTIONS = 64
 HOST = "127.0.0.1"
 
@@ -105,13 +105,15 @@ async def new_project(base: str, headers: dict[str, str]) -> tuple[str, str]:
         return f"{base}/v1/projects/{project}/tasks", project
 
 
-async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> dict[str, float]:
+async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> tuple[dict[str, float], dict[str, int]]:
     """POST one task per scheduled offset (0 for all: as fast as 64 connections go);
-    return task id -> wall time just before its request was sent."""
+    return task id -> wall time just before its request was sent, and task id -> the global
+    position of its submission (the read model's ``created_position``)."""
     import aiohttp
 
     body = json.dumps({"kind": "echo", "payload": {}}).encode()
     sent: dict[str, float] = {}
+    positions: dict[str, int] = {}
     gate = asyncio.Semaphore(CONNECTIONS)
     start = time.monotonic()
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
@@ -126,28 +128,37 @@ async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) 
                 async with session.post(url, data=body) as response:
                     if response.status != 202:
                         raise RuntimeError(f"submission answered {response.status}: {await response.text()}")
-                    sent[str((await response.json())["id"])] = at
+                    answer = await response.json()
+                    sent[str(answer["id"])] = at
+                    positions[str(answer["id"])] = int(answer["global_position"])
 
         await asyncio.gather(*(one(o) for o in schedule))
-    return sent
+    return sent, positions
 
 
-async def ours_done(database_url: str, project: str, sent: dict[str, float], timeout: float = 300) -> dict[str, float]:
-    """Wait until every task of ``sent`` is ``succeeded`` in the ``tasks`` read model (the rows
-    ``GET /v1/tasks/{id}`` serves); return id -> the wall time this process first saw it so."""
+async def ours_done(database_url: str, project: str, submitted: tuple[dict[str, float], dict[str, int]],
+                    timeout: float = 300) -> dict[str, float]:  # fmt: skip
+    """Wait until every submitted task is ``succeeded`` in the ``tasks`` read model (the rows
+    ``GET /v1/tasks/{id}`` serves); return id -> the wall time this process first saw it so.
+    Each poll scans the project's succeeded rows from the oldest task not seen yet (index
+    ``tasks_project_status``), so a poll costs the window in flight, not the whole phase."""
     import psycopg
 
+    sent, positions = submitted
     deadline = time.monotonic() + timeout
     done: dict[str, float] = {}
+    pending = sorted(positions.values())
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while True:
+            oldest = pending[0] if pending else 0
             cur = await conn.execute(
-                "SELECT task_id FROM tasks WHERE project_id = %s AND status = 'succeeded' AND NOT (task_id = ANY(%s))",
-                (uuid.UUID(project), [uuid.UUID(i) for i in done]),
+                "SELECT task_id FROM tasks WHERE project_id = %s AND status = 'succeeded' AND created_position >= %s",
+                (uuid.UUID(project), oldest),
             )
             seen = time.time()
             for (task_id,) in await cur.fetchall():
                 done.setdefault(str(task_id), seen)
+            pending = sorted(positions[i] for i in sent if i not in done)
             if len(done) >= len(sent):
                 return done
             if time.monotonic() > deadline:
@@ -233,12 +244,12 @@ async def run_ours(base: str, headers: dict[str, str], database_url: str) -> dic
     url, project = await new_project(base, headers)
     await ours_done(database_url, project, await ours_submit(url, headers, [0.0] * 200))  # warm-up
     url, project = await new_project(base, headers)
-    sent = await ours_submit(url, headers, [0.0] * TASKS)
-    done = await ours_done(database_url, project, sent)
+    submitted = await ours_submit(url, headers, [0.0] * TASKS)
+    sent, done = submitted[0], await ours_done(database_url, project, submitted)
     rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
     url, project = await new_project(base, headers)
-    sent_r = await ours_submit(url, headers, rated)
-    done_r = await ours_done(database_url, project, sent_r)
+    submitted = await ours_submit(url, headers, rated)
+    sent_r, done_r = submitted[0], await ours_done(database_url, project, submitted)
     return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, done_r)}
 
 
