@@ -33,6 +33,8 @@ from schemas.envelope import RecordedEvent
 
 log = logging.getLogger("taskstream.workers")
 
+COALESCE_SECONDS = 0.002  # after a wake-up, notifications that arrive within this join it
+
 Ingest = Callable[[Sequence[RecordedEvent]], Awaitable[None]]  # TaskLogConsumer.take_now
 FreeSlots = Callable[[], int]
 
@@ -57,9 +59,14 @@ async def tail_submissions(database_url: str, ingest: Ingest, free_slots: FreeSl
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                 position = await _head(conn)
                 while not stop.is_set():
-                    position = await _step(conn, position, ingest, free_slots, batch)
-                    # Wait for the next append (notifications that came meanwhile end it at once).
+                    if free_slots() > 0:  # a full worker reads nothing: the log delivers
+                        position = await _step(conn, position, ingest, free_slots, batch)
+                    # Wait for the next append (notifications that came meanwhile end it at once),
+                    # then take the ones arriving within COALESCE_SECONDS with it: under load one
+                    # read covers several appends instead of one read per append.
                     async for _ in conn.notifies(timeout=poll_seconds, stop_after=1):
+                        pass
+                    async for _ in conn.notifies(timeout=COALESCE_SECONDS):
                         pass
         except (psycopg.Error, OSError) as exc:
             log.warning("worker tail: %r; starting over at the head (the log covers the gap)", exc)
