@@ -57,8 +57,9 @@ class TaskLogConsumer:
         try:
             await self._run(stop)
         finally:
-            if self._committing is not None:  # the last batch's commit, also when cancelled
-                await asyncio.shield(self._committing)
+            if self._committing is not None:  # the last batch's commit, also when cancelled (bounded)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._committing), 5.0)
 
     async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
