@@ -105,15 +105,13 @@ async def new_project(base: str, headers: dict[str, str]) -> tuple[str, str]:
         return f"{base}/v1/projects/{project}/tasks", project
 
 
-async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> tuple[dict[str, float], dict[str, int]]:
-    """POST one task per scheduled offset (0 for all: as fast as 64 connections go);
-    return task id -> wall time just before its request was sent, and task id -> the global
-    position of its submission (the read model's ``created_position``)."""
+async def ours_submit(url: str, headers: dict[str, str], schedule: list[float], sent: dict[str, float], positions: dict[str, int]) -> None:
+    """POST one task per scheduled offset (0 for all: as fast as 64 connections go); fill in
+    task id -> wall time just before its request was sent, and task id -> the global position
+    of its submission (the read model's ``created_position``), as the answers come."""
     import aiohttp
 
     body = json.dumps({"kind": "echo", "payload": {}}).encode()
-    sent: dict[str, float] = {}
-    positions: dict[str, int] = {}
     gate = asyncio.Semaphore(CONNECTIONS)
     start = time.monotonic()
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
@@ -133,24 +131,22 @@ async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) 
                     positions[str(answer["id"])] = int(answer["global_position"])
 
         await asyncio.gather(*(one(o) for o in schedule))
-    return sent, positions
 
 
-async def ours_done(database_url: str, project: str, submitted: tuple[dict[str, float], dict[str, int]],
-                    timeout: float = 300) -> dict[str, float]:  # fmt: skip
-    """Wait until every submitted task is ``succeeded`` in the ``tasks`` read model (the rows
-    ``GET /v1/tasks/{id}`` serves); return id -> the wall time this process first saw it so.
-    Each poll scans the project's succeeded rows from the oldest task not seen yet (index
-    ``tasks_project_status``), so a poll costs the window in flight, not the whole phase."""
+async def ours_done(database_url: str, project: str, sent: dict[str, float], positions: dict[str, int],
+                    submitting: asyncio.Event, timeout: float = 300) -> dict[str, float]:  # fmt: skip
+    """Watch the ``tasks`` read model (the rows ``GET /v1/tasks/{id}`` serves) *while* the tasks
+    are submitted, until every one is ``succeeded`` there; return id -> the wall time this
+    process first saw it so. Each poll scans the project's succeeded rows from the oldest task
+    not seen yet (index ``tasks_project_status``): a poll costs the window in flight."""
     import psycopg
 
-    sent, positions = submitted
     deadline = time.monotonic() + timeout
     done: dict[str, float] = {}
-    pending = sorted(positions.values())
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while True:
-            oldest = pending[0] if pending else 0
+            pending = [positions[i] for i in list(positions) if i not in done]
+            oldest = min(pending) if pending else max(positions.values(), default=0) + 1
             cur = await conn.execute(
                 "SELECT task_id FROM tasks WHERE project_id = %s AND status = 'succeeded' AND created_position >= %s",
                 (uuid.UUID(project), oldest),
@@ -158,9 +154,8 @@ async def ours_done(database_url: str, project: str, submitted: tuple[dict[str, 
             seen = time.time()
             for (task_id,) in await cur.fetchall():
                 done.setdefault(str(task_id), seen)
-            pending = sorted(positions[i] for i in sent if i not in done)
-            if len(done) >= len(sent):
-                return done
+            if not submitting.is_set() and all(i in done for i in sent):
+                return {i: done[i] for i in sent}
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(done)} of {len(sent)} tasks visible as succeeded in {timeout:.0f} s")
             await asyncio.sleep(POLL)
@@ -240,16 +235,26 @@ async def stages(database_url: str, done: dict[str, float]) -> dict[str, float]:
             "succeeded_to_visible_p50_ms": round(statistics.median(shown) * 1000, 1)}  # fmt: skip
 
 
+async def ours_phase(base: str, headers: dict[str, str], database_url: str, schedule: list[float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Submit on ``schedule`` into a new project while watching the read model; (sent, done)."""
+    url, project = await new_project(base, headers)
+    sent: dict[str, float] = {}
+    positions: dict[str, int] = {}
+    submitting = asyncio.Event()
+    submitting.set()
+    watcher = asyncio.create_task(ours_done(database_url, project, sent, positions, submitting))
+    try:
+        await ours_submit(url, headers, schedule, sent, positions)
+    finally:
+        submitting.clear()
+    return sent, await watcher
+
+
 async def run_ours(base: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
-    url, project = await new_project(base, headers)
-    await ours_done(database_url, project, await ours_submit(url, headers, [0.0] * 200))  # warm-up
-    url, project = await new_project(base, headers)
-    submitted = await ours_submit(url, headers, [0.0] * TASKS)
-    sent, done = submitted[0], await ours_done(database_url, project, submitted)
+    await ours_phase(base, headers, database_url, [0.0] * 200)  # warm-up
+    sent, done = await ours_phase(base, headers, database_url, [0.0] * TASKS)
     rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
-    url, project = await new_project(base, headers)
-    submitted = await ours_submit(url, headers, rated)
-    sent_r, done_r = submitted[0], await ours_done(database_url, project, submitted)
+    sent_r, done_r = await ours_phase(base, headers, database_url, rated)
     return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, done_r)}
 
 
