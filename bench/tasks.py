@@ -1,11 +1,18 @@
 """No-op tasks end to end: taskstream's worker pool beside Celery 5 with a Redis broker.
 
 taskstream: ``POST /v1/projects/{id}/tasks`` (kind ``echo``, empty payload) through the gateway
-(``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes; a task is done
-when its ``task.succeeded`` event is committed in PostgreSQL (fsync on: every transition,
-submitted, started, succeeded, is durable). Celery 5: ``send_task`` from this process to the
-embedded Valkey as broker, 2 ``celery worker --pool solo`` processes (``acks_late``), results
-in Valkey (no persistence); a task is done when its result is stored (``date_done``).
+(``taskstream serve``), the relay to tansu, 2 ``taskstream work`` processes and one projector
+(``taskstream project``); a task is done when ``succeeded`` is *visible in the read model*: the
+row of the ``tasks`` table that ``GET /v1/tasks/{id}`` serves says ``succeeded``. The bench
+watches that table (one query per BENCH_POLL_MS, default 10, over the phase's project's
+succeeded rows from the oldest task not yet seen: each phase has a project of its own) rather than polling the HTTP API per task, which would load
+the gateway with thousands of reads a second and measure the poller; the done time is when this
+process first saw the row (so it includes up to one poll interval, a handicap of ours: Celery's
+is the server's own ``date_done`` stamp). Every transition (submitted, started, succeeded) is
+committed in PostgreSQL with fsync on before it shows there. Celery 5: ``send_task`` from this
+process to the embedded Valkey as broker, 2 ``celery worker --pool solo`` processes
+(``acks_late``), results in Valkey (no persistence); a task is done when its result is stored
+(``date_done``).
 
 Both run the same no-op on the same machine in the same run, one after the other:
 1. throughput: BENCH_TASKS (default 2000) tasks submitted as fast as the client can (64
@@ -13,9 +20,8 @@ Both run the same no-op on the same machine in the same run, one after the other
 2. latency at a fixed rate: BENCH_RATE (default 200) tasks/s for BENCH_RATE_SECONDS (default
    10); figure = p50/p99 of (done - submitted) per task.
 
-Done times are server-side stamps (recorded_at of the event; the result's date_done), on the
-same clock as this process. The read model (the tasks table filled by the projector) is not
-part of this branch; the event store is the source of truth it is built from.
+Our stage medians come from the events' server stamps (submitted -> started -> succeeded) and
+the bench's sighting in the read model (succeeded -> visible).
 
 Prints one JSON line with both throughputs, ratio = ours / Celery's (goal >= 1), and both
 latency figures (goal: our p50 and p99 each <= 2x Celery's). Caveat: the load generator, both
@@ -48,6 +54,7 @@ TASKS = int(os.environ.get("BENCH_TASKS", 2000))
 RATE = float(os.environ.get("BENCH_RATE", 200))
 RATE_SECONDS = float(os.environ.get("BENCH_RATE_SECONDS", 10))
 CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", 32))
+POLL = float(os.environ.get("BENCH_POLL_MS", 10)) / 1000
 CONNECTIONS = 64
 HOST = "127.0.0.1"
 
@@ -84,18 +91,27 @@ async def ours_setup(base: str, env: dict[str, str]) -> tuple[str, dict[str, str
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not become ready")
             await asyncio.sleep(0.2)
-        response = await client.post("/v1/projects", json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, headers=admin)
+        return base, admin
+
+
+async def new_project(base: str, headers: dict[str, str]) -> tuple[str, str]:
+    """A project of its own for one phase: (its tasks URL, its id)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        response = await client.post("/v1/projects", json={"name": f"bench-{uuid.uuid4().hex[:8]}"}, headers=headers)
         response.raise_for_status()
-        return f"{base}/v1/projects/{response.json()['id']}/tasks", admin
+        project = str(response.json()["id"])
+        return f"{base}/v1/projects/{project}/tasks", project
 
 
-async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) -> dict[str, float]:
-    """POST one task per scheduled offset (0 for all: as fast as 64 connections go);
-    return task id -> wall time just before its request was sent."""
+async def ours_submit(url: str, headers: dict[str, str], schedule: list[float], sent: dict[str, float], positions: dict[str, int]) -> None:
+    """POST one task per scheduled offset (0 for all: as fast as 64 connections go); fill in
+    task id -> wall time just before its request was sent, and task id -> the global position
+    of its submission (the read model's ``created_position``), as the answers come."""
     import aiohttp
 
     body = json.dumps({"kind": "echo", "payload": {}}).encode()
-    sent: dict[str, float] = {}
     gate = asyncio.Semaphore(CONNECTIONS)
     start = time.monotonic()
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
@@ -110,29 +126,39 @@ async def ours_submit(url: str, headers: dict[str, str], schedule: list[float]) 
                 async with session.post(url, data=body) as response:
                     if response.status != 202:
                         raise RuntimeError(f"submission answered {response.status}: {await response.text()}")
-                    sent[str((await response.json())["id"])] = at
+                    answer = await response.json()
+                    sent[str(answer["id"])] = at
+                    positions[str(answer["id"])] = int(answer["global_position"])
 
         await asyncio.gather(*(one(o) for o in schedule))
-    return sent
 
 
-async def ours_done(database_url: str, sent: dict[str, float], timeout: float = 300) -> dict[str, float]:
-    """Wait until every task's task.succeeded is committed; return id -> its recorded_at."""
+async def ours_done(database_url: str, project: str, sent: dict[str, float], positions: dict[str, int],
+                    submitting: asyncio.Event, timeout: float = 300) -> dict[str, float]:  # fmt: skip
+    """Watch the ``tasks`` read model (the rows ``GET /v1/tasks/{id}`` serves) *while* the tasks
+    are submitted, until every one is ``succeeded`` there; return id -> the wall time this
+    process first saw it so. Each poll scans the project's succeeded rows from the oldest task
+    not seen yet (index ``tasks_project_status``): a poll costs the window in flight."""
     import psycopg
 
-    streams = [f"task-{i}" for i in sent]
     deadline = time.monotonic() + timeout
+    done: dict[str, float] = {}
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         while True:
+            pending = [positions[i] for i in list(positions) if i not in done]
+            oldest = min(pending) if pending else max(positions.values(), default=0) + 1
             cur = await conn.execute(
-                "SELECT stream_id, recorded_at FROM events WHERE stream_id = ANY(%s) AND type = 'task.succeeded'", (streams,)
+                "SELECT task_id FROM tasks WHERE project_id = %s AND status = 'succeeded' AND created_position >= %s",
+                (uuid.UUID(project), oldest),
             )
-            rows = await cur.fetchall()
-            if len(rows) >= len(sent):
-                return {stream.removeprefix("task-"): recorded.timestamp() for stream, recorded in rows}
+            seen = time.time()
+            for (task_id,) in await cur.fetchall():
+                done.setdefault(str(task_id), seen)
+            if not submitting.is_set() and all(i in done for i in sent):
+                return {i: done[i] for i in sent}
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(rows)} of {len(sent)} tasks succeeded in {timeout:.0f} s")
-            await asyncio.sleep(0.25)
+                raise RuntimeError(f"only {len(done)} of {len(sent)} tasks visible as succeeded in {timeout:.0f} s")
+            await asyncio.sleep(POLL)
 
 
 # --- Celery --------------------------------------------------------------------------------
@@ -189,31 +215,47 @@ def latencies(sent_at: dict[str, float], done_at: dict[str, float]) -> dict[str,
     return {"p50_ms": round(statistics.median(values), 1), "p99_ms": round(pct(values, 0.99), 1), "n": len(values)}
 
 
-async def stages(database_url: str, ids: list[str]) -> dict[str, float]:
-    """Medians of where the time went: submitted -> started -> succeeded (server stamps)."""
+async def stages(database_url: str, done: dict[str, float]) -> dict[str, float]:
+    """Medians of where the time went: submitted -> started -> succeeded (server stamps of the
+    events) -> visible in the read model (this process's sighting)."""
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT stream_id, type, recorded_at FROM events WHERE stream_id = ANY(%s)", ([f"task-{i}" for i in ids],)
+            "SELECT stream_id, type, recorded_at FROM events WHERE stream_id = ANY(%s)", ([f"task-{i}" for i in done],)
         )
         stamps: dict[str, dict[str, float]] = {}
         for stream, type_, recorded in await cur.fetchall():
             stamps.setdefault(stream, {})[type_] = recorded.timestamp()
     queued = [s["task.started"] - s["task.submitted"] for s in stamps.values()]
     ran = [s["task.succeeded"] - s["task.started"] for s in stamps.values()]
+    shown = [done[k.removeprefix("task-")] - s["task.succeeded"] for k, s in stamps.items()]
     return {"submitted_to_started_p50_ms": round(statistics.median(queued) * 1000, 1),
-            "started_to_succeeded_p50_ms": round(statistics.median(ran) * 1000, 1)}  # fmt: skip
+            "started_to_succeeded_p50_ms": round(statistics.median(ran) * 1000, 1),
+            "succeeded_to_visible_p50_ms": round(statistics.median(shown) * 1000, 1)}  # fmt: skip
 
 
-async def run_ours(url: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
-    await ours_done(database_url, await ours_submit(url, headers, [0.0] * 200))  # warm-up
-    sent = await ours_submit(url, headers, [0.0] * TASKS)
-    done = await ours_done(database_url, sent)
+async def ours_phase(base: str, headers: dict[str, str], database_url: str, schedule: list[float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Submit on ``schedule`` into a new project while watching the read model; (sent, done)."""
+    url, project = await new_project(base, headers)
+    sent: dict[str, float] = {}
+    positions: dict[str, int] = {}
+    submitting = asyncio.Event()
+    submitting.set()
+    watcher = asyncio.create_task(ours_done(database_url, project, sent, positions, submitting))
+    try:
+        await ours_submit(url, headers, schedule, sent, positions)
+    finally:
+        submitting.clear()
+    return sent, await watcher
+
+
+async def run_ours(base: str, headers: dict[str, str], database_url: str) -> dict[str, Any]:
+    await ours_phase(base, headers, database_url, [0.0] * 200)  # warm-up
+    sent, done = await ours_phase(base, headers, database_url, [0.0] * TASKS)
     rated = [i / RATE for i in range(int(RATE * RATE_SECONDS))]
-    sent_r = await ours_submit(url, headers, rated)
-    done_r = await ours_done(database_url, sent_r)
-    return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, list(sent_r))}
+    sent_r, done_r = await ours_phase(base, headers, database_url, rated)
+    return {"tasks_per_s": round(throughput(sent, done), 1), **latencies(sent_r, done_r), **await stages(database_url, done_r)}
 
 
 def run_celery() -> dict[str, Any]:
@@ -261,10 +303,12 @@ def main() -> int:
             **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": pg.url, "REDIS_URL": valkey.url,
             "KAFKA_BOOTSTRAP_SERVERS": tansu.url, "JWT_SECRET": secrets.token_urlsafe(48), "TASKSTREAM_DEV_MODE": "1",
             "HTTP_PORT": str(http_port), "BLOB_DIR": str(folder / "blobs"), "WORKER_METRICS_PORT": "0",
-            "WORKER_SESSION_TIMEOUT_MS": "2000", "CELERY_BROKER_URL": f"{redis_base}/1", "CELERY_RESULT_BACKEND": f"{redis_base}/2",
+            "WORKER_SESSION_TIMEOUT_MS": "2000", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
+            "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0",  # a bench is one principal
+            "CELERY_BROKER_URL": f"{redis_base}/1", "CELERY_RESULT_BACKEND": f"{redis_base}/2",
         }  # fmt: skip
         cli = [sys.executable, "-m", "taskstream.cli"]
-        children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"])]
+        children = [("gateway", [*cli, "serve"]), ("relay", [*cli, "relay"]), ("projector", [*cli, "project"])]
         children += [(f"worker-{n}", [*cli, "work", "--concurrency", str(CONCURRENCY)]) for n in (1, 2)]
         celery = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_noop", "worker", "--pool", "solo", "--loglevel", "WARNING"]
         children += [(f"celery-{n}", [*celery, "-n", f"bench{n}@%h"]) for n in (1, 2)]

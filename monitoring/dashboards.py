@@ -168,6 +168,11 @@ def workers() -> dashboard.Dashboard:
         graph("Database pool (workers)", [(f'sum by (state) (taskstream_db_pool_connections{{job="worker",state="{s}"}})', s) for s in ("size", "in_use", "waiting", "max")], "short")
     )
     board = board.with_panel(graph("Disk usage (workers' data folders)", [('taskstream_disk_usage_ratio{job="worker"}', "{{instance}} {{path}}")], "percentunit", limit=0.8))
+    board = board.with_panel(
+        graph("Consumer lag (workers)", [("max(taskstream_worker_consumer_lag_events)", "submissions not consumed")], "short",
+              description="Computed from PostgreSQL: task.submitted events without a worker_tasks row (not broker offsets)")  # fmt: skip
+    )
+    board = board.with_panel(graph("Consumer lag (workers, seconds)", [("max(taskstream_worker_consumer_lag_seconds)", "oldest unconsumed")], "s"))
     return board
 
 

@@ -106,6 +106,9 @@ class Settings:
     worker_session_timeout_ms: int = 6000  # tansu joins a group in about half of this
     worker_fetch_max_wait_ms: int = 10  # tansu answers a fetch late (p50 7 ms at 20, 29 ms at 100, 133 ms at 500)
     worker_modules: str = ""  # extra modules to import for their task kinds (comma-separated)
+    # workobs: besides the log, take new submissions straight from PostgreSQL (NOTIFY on append),
+    # saving the relay -> broker -> fetch hop before a task starts (workers/tail.py)
+    worker_tail_submissions: bool = True
     task_kinds_check: bool = False  # refuse kinds no installed handler knows at submission (422); dev: on
 
     # download links for results
@@ -195,6 +198,7 @@ class Settings:
             "worker_session_timeout_ms": ("WORKER_SESSION_TIMEOUT_MS", int),
             "worker_fetch_max_wait_ms": ("WORKER_FETCH_MAX_WAIT_MS", int),
             "worker_modules": ("WORKER_MODULES", str),
+            "worker_tail_submissions": ("WORKER_TAIL_SUBMISSIONS", _flag),
             "task_kinds_check": ("TASK_KINDS_CHECK", _flag),
             "blob_link_secret": ("BLOB_LINK_SECRET", str),
             "blob_link_ttl_seconds": ("BLOB_LINK_TTL_SECONDS", int),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector
@@ -442,6 +444,12 @@ async def run_projector(settings: Settings, stop: asyncio.Event, *, names: Seque
 # --- the worker pool --------------------------------------------------------------------------
 
 
+def worker_disk_paths(settings: Settings) -> tuple[Path, ...]:
+    """The data folders a worker watches: the configured ones and its local blob folder."""
+    local = (settings.blob_dir,) if settings.blob_backend == "local" else ()
+    return tuple(dict.fromkeys((*settings.disk_paths, *local)))
+
+
 def worker_identity() -> str:
     import os
     import socket
@@ -451,7 +459,8 @@ def worker_identity() -> str:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: int | None = None, metrics_port: int | None = None) -> None:
-    """``taskstream work``: the log consumer, the claim loop, the listener, webhooks, /metrics."""
+    """``taskstream work``: the log consumer, the claim loop, the listener, the tail of new
+    submissions in PostgreSQL (``worker_tail_submissions``), webhooks, /metrics."""
     from aiokafka import AIOKafkaConsumer
     from prometheus_client import start_http_server
 
@@ -459,9 +468,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     from workers.blobs import S3BlobStore, blob_store_from_settings
     from workers.consumer import TaskLogConsumer, listen
     from workers.kinds import Services, load_registry
+    from workers.lag import ConsumerLagMeter
     from workers.leases import Leases
     from workers.metrics import WorkerMetrics
     from workers.runner import Worker, WorkerConfig
+    from workers.tail import tail_submissions
     from workers.webhooks.sender import WebhookSender
 
     concurrency = concurrency or settings.worker_concurrency
@@ -471,7 +482,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
     blobs = blob_store_from_settings(settings)
     if isinstance(blobs, S3BlobStore):
         await blobs.ensure_bucket()
-    metrics = WorkerMetrics.create(worker_id, concurrency)
+    registry = process_registry(dataclasses.replace(settings, disk_paths=worker_disk_paths(settings)), store.pool)
+    metrics = WorkerMetrics.create(worker_id, concurrency, registry)
+    lag = ConsumerLagMeter(store.pool)
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     if port:
         server, thread = start_http_server(port, addr=settings.http_host, registry=metrics.registry)
@@ -510,11 +523,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
         )
 
     async def queue_depth() -> None:
-        """The gauge every 2 s; every hour, forget old rows at rest."""
+        """The gauges every 2 s (queue depth, consumer lag); every hour, forget old rows at rest."""
         pruned_at = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(Exception):
                 metrics.queue_depth.set(await leases.queue_depth())
+            try:
+                measured = await lag.measure()
+                metrics.lag_events.set(measured.events)
+                metrics.lag_seconds.set(measured.seconds)
+            except Exception as exc:  # noqa: BLE001 - metrics must not stop the worker
+                log.warning("worker: consumer lag measurement failed: %r", exc)
             if time.monotonic() - pruned_at > 3600:
                 pruned_at = time.monotonic()
                 with contextlib.suppress(Exception):
@@ -547,6 +566,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, concurrency: in
             asyncio.create_task(queue_depth()),
             asyncio.create_task(sender.run(stop)),
         ]
+        if settings.worker_tail_submissions:
+            free = lambda: 0 if worker.stopping else concurrency - worker.busy  # noqa: E731
+            background.append(asyncio.create_task(tail_submissions(settings.database_url, log_consumer.take_now, free, stop)))
         claims = asyncio.create_task(worker.run(stop))
         consuming = asyncio.create_task(log_consumer.run(stop))
         await stop.wait()

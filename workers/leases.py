@@ -32,6 +32,7 @@ class Claim:
     task_id: uuid.UUID
     lease_id: uuid.UUID
     taken_over: bool  # the row was leased by another worker whose lease expired
+    traceparent: str | None = None  # the submission's trace context: the run joins its trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class NewTask:
     priority: int
     submitted_at: datetime
     lease_id: uuid.UUID | None  # set: this worker runs it now (it has a free slot)
+    traceparent: str | None = None  # W3C trace context of the submission as the log delivered it
 
 
 class Leases:
@@ -62,11 +64,12 @@ class Leases:
             return set()
         rows = await self._exec(
             """
-            INSERT INTO worker_tasks (task_id, project_id, kind, priority, status, due_at, lease_id, owner, submitted_at)
+            INSERT INTO worker_tasks (task_id, project_id, kind, priority, status, due_at, lease_id, owner, submitted_at, traceparent)
             SELECT t, p, k, pr, CASE WHEN l IS NULL THEN 'queued' ELSE 'leased' END,
                    CASE WHEN l IS NULL THEN now() ELSE now() + make_interval(secs => %s) END,
-                   l, CASE WHEN l IS NULL THEN NULL ELSE %s END, s
-              FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::uuid[], %s::timestamptz[]) AS u(t, p, k, pr, l, s)
+                   l, CASE WHEN l IS NULL THEN NULL ELSE %s END, s, tp
+              FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int[], %s::uuid[], %s::timestamptz[], %s::text[])
+                   AS u(t, p, k, pr, l, s, tp)
             ON CONFLICT (task_id) DO NOTHING
             RETURNING task_id
             """,
@@ -74,6 +77,7 @@ class Leases:
                 self.lease_seconds, self.owner,
                 [t.task_id for t in tasks], [t.project_id for t in tasks], [t.kind for t in tasks],
                 [t.priority for t in tasks], [t.lease_id for t in tasks], [t.submitted_at for t in tasks],
+                [t.traceparent for t in tasks],
             ),
         )  # fmt: skip
         return {row[0] for row in rows}
@@ -110,11 +114,11 @@ class Leases:
                      ORDER BY priority DESC, due_at LIMIT %s
                      FOR UPDATE SKIP LOCKED) c
              WHERE w.task_id = c.task_id
-            RETURNING w.task_id, w.lease_id, c.was = 'leased'
+            RETURNING w.task_id, w.lease_id, c.was = 'leased', w.traceparent
             """,
             (self.owner, self.lease_seconds, limit),
         )
-        return [Claim(task_id, lease_id, taken_over) for task_id, lease_id, taken_over in rows]
+        return [Claim(task_id, lease_id, taken_over, traceparent) for task_id, lease_id, taken_over, traceparent in rows]
 
     async def renew(self, task_id: uuid.UUID, lease_id: uuid.UUID) -> bool:
         """Extend the lease; False if this worker no longer holds it."""

@@ -17,6 +17,11 @@ attempt that is no longer the current one is refused (``StaleAttempt``) and drop
 handler runs, its lease is renewed every third of the lease time; a failed renewal (another
 worker took over) or a cancellation of the task stops the handler at once. A handler past the
 task's ``timeout_seconds`` is stopped and the task fails as timed out (finally).
+
+Traces: each claimed task is worked on inside a ``work task`` span continuing the submission's
+trace (the claim's ``traceparent``, kept in ``worker_tasks``), so the StartTask/SucceedTask/
+FailTask commands and their appends join it (their events carry it on to the relay and the
+projector), and the handler itself runs in a child ``run task`` span.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opentelemetry.trace import SpanKind, StatusCode, use_span
 from pydantic import ValidationError
 
 from commands.errors import IllegalTransition, NotFound, StaleAttempt
@@ -41,9 +47,11 @@ from schemas.envelope import Metadata
 from schemas.tasks import MAX_INLINE_RESULT_BYTES, FailTask, StartTask, SucceedTask, TaskSubmitted
 from workers.backoff import retry_delay
 from workers.kinds import PermanentError, Registry, Services, StoredResult, TaskContext
+from taskstream.telemetry import start_span_from, tracer
 from workers.leases import Claim, Leases, RestStatus
 
 log = logging.getLogger("taskstream.workers")
+_tracer = tracer("taskstream.workers")
 
 Known = tuple[Loaded[task.State], TaskSubmitted]  # a task's state and its submission, as the log delivered them
 StopReason = Literal["cancelled", "lost", "shutdown"]
@@ -172,8 +180,11 @@ class Worker:
     # --- one task ------------------------------------------------------------------------
 
     async def _guarded(self, job: _Job, known: Known | None) -> None:
+        claim = job.claim
         try:
-            await self._process(job, known)
+            with start_span_from("work task", claim.traceparent, attributes={"taskstream.task_id": str(claim.task_id),
+                                 "taskstream.worker_id": self.config.worker_id}, tracer_name="taskstream.workers"):  # fmt: skip
+                await self._process(job, known)
         except Exception:  # noqa: BLE001 - the lease runs out and another worker reconciles the task
             log.exception("task %s: unexpected failure; its lease will expire and the task be taken over", job.claim.task_id)
         finally:
@@ -240,13 +251,18 @@ class Worker:
             task_id=claim.task_id, project_id=submitted.project_id, kind=submitted.kind, payload=dict(submitted.payload),
             attempt=attempt, worker_id=self.config.worker_id, services=self.services,
         )  # fmt: skip
+        outcome: BaseException | None
         try:
             handler = self.kinds.get(submitted.kind)
         except PermanentError as exc:
             await self._fail(job, attempt, str(exc), retryable=False)
             return
-        job.runner = asyncio.create_task(handler(ctx))
+        span = _tracer.start_span("run task", kind=SpanKind.INTERNAL,
+                                  attributes={"taskstream.task.kind": submitted.kind, "taskstream.task.attempt": attempt})  # fmt: skip
+        with use_span(span, end_on_exit=False):
+            job.runner = asyncio.create_task(handler(ctx))  # the handler's own spans nest under "run task"
         heartbeat = asyncio.create_task(self._heartbeat(job))
+        timed_out, outcome, value = False, None, None
         try:
             done, _ = await asyncio.wait({job.runner}, timeout=submitted.timeout_seconds)
             timed_out = not done
@@ -254,7 +270,6 @@ class Worker:
                 job.runner.cancel()
             try:
                 value = await job.runner
-                outcome: BaseException | None = None
             except asyncio.CancelledError as exc:
                 if job.reason is None and not timed_out:
                     raise  # this worker itself is being cancelled
@@ -265,6 +280,9 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if job.reason is not None or timed_out or outcome is not None:
+                span.set_status(StatusCode.ERROR, job.reason or ("timed out" if timed_out else _describe(outcome)))  # type: ignore[arg-type]
+            span.end()
         if job.reason == "lost":
             log.warning("task %s attempt %d: lease lost to another worker; result dropped", claim.task_id, attempt)
             return

@@ -1,10 +1,12 @@
-"""A real Prometheus (Debian's) scraping a running gateway and relay on loopback, with the
-committed alert rules: every process is scraped, its metrics pass `promtool check metrics`, and
-after errors are injected (the database starts refusing writes) the error-rate signal goes
-above its threshold and the HighErrorRate alert goes pending.
+"""A real Prometheus (Debian's) scraping a running stack on loopback, with the committed alert
+rules: every process (gateway, relay, projector, worker) is scraped, its metrics pass `promtool
+check metrics`, the signals the alerts and dashboards use are there (queue depth, worker
+utilisation, consumer lag of projector and workers from PostgreSQL, pool, disk), and after
+errors are injected (the database starts refusing writes) the error-rate signal goes above its
+threshold and the HighErrorRate alert goes pending.
 
-The processes are `taskstream serve` and `taskstream relay` as an operator runs them, over
-their own database (made read-only halfway through, so the session's database is untouched).
+The processes are `taskstream serve`, `relay`, `project` and `work` as an operator runs them,
+over their own database (made read-only halfway through, so the session's database is untouched).
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ from tests.support.tools import MONITORING, ROOT, run, tool
 SCRAPE = "1s"
 
 
+JOBS = ("gateway", "relay", "projector", "worker")
+
+
 @dataclass(frozen=True)
 class Stack:
     gateway: str
-    relay_metrics: str
+    metrics: dict[str, str]  # job -> its /metrics URL
     prometheus: str
     database_url: str
     admin_url: str  # the same database as a superuser (to make it refuse writes)
@@ -66,7 +71,8 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str], port: int)
 async def stack(own_database: str, database_urls: dict[str, str], redis_url: str, tansu_bootstrap: str, tmp_path: Path) -> AsyncIterator[Stack]:
     prometheus = tool("prometheus")
     tool("promtool")
-    gateway_port, relay_port, prometheus_port = embedded.free_port(), embedded.free_port(), embedded.free_port()
+    ports = {job: embedded.free_port() for job in JOBS}
+    gateway_port, relay_port, prometheus_port = ports["gateway"], ports["relay"], embedded.free_port()
     secret = secrets.token_urlsafe(48)
     env = {
         **os.environ,
@@ -80,20 +86,26 @@ async def stack(own_database: str, database_urls: dict[str, str], redis_url: str
         "METRICS_DISK_PATHS": str(tmp_path),
         "LOG_FORMAT": "json",
         "OTEL_TRACES_EXPORTER": "none",
+        "PROJECTOR_SESSION_TIMEOUT": "3",
+        "WORKER_SESSION_TIMEOUT_MS": "2000",
+        "BLOB_DIR": str(tmp_path / "blobs"),
     }
     config = tmp_path / "prometheus.yml"
     config.write_text(
         f"global:\n  scrape_interval: {SCRAPE}\n  evaluation_interval: {SCRAPE}\n"
         f"rule_files:\n  - {MONITORING / 'alert-rules.yml'}\n"
         "scrape_configs:\n"
-        f"  - job_name: gateway\n    static_configs:\n      - targets: ['127.0.0.1:{gateway_port}']\n"
-        f"  - job_name: relay\n    static_configs:\n      - targets: ['127.0.0.1:{relay_port}']\n"
+        + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n" for job, port in ports.items())
     )
     cli = [sys.executable, "-m", "taskstream.cli"]
     started: list[embedded.ServerProcess] = []
     try:
         started.append(spawn("gateway", [*cli, "serve", "--port", str(gateway_port)], tmp_path / "gateway.log", env, gateway_port))
         started.append(spawn("relay", [*cli, "relay"], tmp_path / "relay.log", env, relay_port))
+        started.append(spawn("projector", [*cli, "project"], tmp_path / "projector.log", {**env, "METRICS_PORT": str(ports["projector"])},
+                             ports["projector"]))  # fmt: skip
+        started.append(spawn("worker", [*cli, "work", "--concurrency", "3", "--metrics-port", str(ports["worker"])], tmp_path / "worker.log",
+                             env, ports["worker"]))  # fmt: skip
         started.append(
             spawn(
                 "prometheus",
@@ -104,7 +116,8 @@ async def stack(own_database: str, database_urls: dict[str, str], redis_url: str
         )
         for server in started:
             await asyncio.to_thread(embedded.wait_until, lambda s=server: embedded.accepts(s.port), server, 60)
-        yield Stack(f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{relay_port}", f"http://127.0.0.1:{prometheus_port}", own_database,
+        yield Stack(f"http://127.0.0.1:{gateway_port}", {job: f"http://127.0.0.1:{port}/metrics" for job, port in ports.items()},
+                    f"http://127.0.0.1:{prometheus_port}", own_database,
                     urlsplit(database_urls["admin"])._replace(path=urlsplit(own_database).path).geturl(), secret)  # fmt: skip
     finally:
         for server in reversed(started):
@@ -137,10 +150,10 @@ async def test_prometheus_scrapes_every_process_and_sees_the_error_rate(stack: S
     assert issuer is not None
     async with httpx.AsyncClient(timeout=20) as client:
         # Every process is scraped, and what it serves is clean for promtool.
-        for job in ("gateway", "relay"):
+        for job in JOBS:
             assert await eventually(lambda job=job: query(client, stack.prometheus, f'up{{job="{job}"}} == 1'))
-        for url in (f"{stack.gateway}/metrics", f"{stack.relay_metrics}/metrics"):
-            body = (await client.get(url)).content
+        for url in stack.metrics.values():
+            body = (await client.get(url, follow_redirects=True)).content
             checked = run(tool("promtool"), "check", "metrics", stdin=body)
             assert checked.returncode == 0 and not checked.stdout.strip() and not checked.stderr.strip(), (url, checked)
         control = run(tool("promtool"), "check", "metrics", stdin=b"# HELP x_seconds_count x\n# TYPE x_seconds_count counter\nx_seconds_count 1\n")
@@ -165,6 +178,25 @@ async def test_prometheus_scrapes_every_process_and_sees_the_error_rate(stack: S
         assert await value_of(client, stack.prometheus, 'taskstream_relay_lag_events{job="relay"}') is not None
         assert await value_of(client, stack.prometheus, 'taskstream_db_pool_connections{job="gateway",state="max"}') == 20
         assert await value_of(client, stack.prometheus, 'taskstream_disk_usage_ratio{job="relay"}') is not None
+        # The projector's and the worker's signals: consumer lag from PostgreSQL, queue depth,
+        # utilisation (busy / total slots), their pools and (the worker's blob folder) disk.
+        signals = {
+            'taskstream_projection_lag_events{job="projector",projection="tasks"}': None,
+            'taskstream_db_pool_connections{job="projector",state="max"}': 6,
+            "taskstream_task_queue_depth": 0,
+            'taskstream_worker_consumer_lag_events{job="worker"}': 0,
+            'taskstream_worker_consumer_lag_seconds{job="worker"}': 0,
+            'sum(taskstream_worker_busy_slots{job="worker"}) / sum(taskstream_worker_slots{job="worker"})': 0,
+            'sum(taskstream_worker_slots{job="worker"})': 3,
+            'taskstream_db_pool_connections{job="worker",state="max"}': 7,
+            'taskstream_disk_usage_ratio{job="worker"}': None,
+        }
+        for expr, expected in signals.items():
+            async def seen(expr: str = expr, expected: float | None = expected) -> bool:
+                value = await value_of(client, stack.prometheus, expr)
+                return value is not None and (expected is None or value == expected)
+
+            assert await eventually(seen), (expr, await value_of(client, stack.prometheus, expr))
         routes = {r["metric"]["route"] for r in await query(client, stack.prometheus, "taskstream_http_requests_total")}
         assert "/v1/projects" in routes and not any(uuid_like in r for r in routes for uuid_like in ("-4", "@"))
 

@@ -1,6 +1,8 @@
-"""The worker pool end to end: real gateway, relay, broker and `taskstream work` processes.
+"""The worker pool end to end: real gateway, relay, broker, projector and `taskstream work` processes.
 
-Outcomes are checked in the task's stream in the event store (the source of truth)."""
+Outcomes are seen as a user sees them, through the query API (``GET /v1/tasks/{id}``: status,
+attempts, result reference, last error, served from the read model the projector keeps from the
+broker under test), and exactly-once is checked in the task's stream in the event store."""
 
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ def pool_folder() -> AsyncIterator[Path]:
 
 
 @pytest.fixture(scope="module")
-async def pool(store: PostgresEventStore, database_url: str, kafka_bootstrap: str, pool_folder: Path) -> AsyncIterator[Pool]:
-    async with worker_pool(store, database_url, kafka_bootstrap, pool_folder) as p:
+async def pool(store: PostgresEventStore, database_url: str, redis_url: str, kafka_bootstrap: str, pool_folder: Path) -> AsyncIterator[Pool]:
+    async with worker_pool(store, database_url, kafka_bootstrap, pool_folder, projector=True, redis_url=redis_url) as p:
         yield p
 
 
@@ -78,19 +80,20 @@ async def test_each_built_in_kind_succeeds(pool: Pool, http: httpx.AsyncClient, 
             "sleep": await submit(http, owner, project, "sleep", {"seconds": 0.2}),
             "http.request": await submit(http, owner, project, "http.request", {"url": target, "method": "POST", "json": {"a": 1}}),
         }
-        for task_id in ids.values():
-            await pool.wait_status(task_id, "succeeded", "failed")
+        done = {kind: await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed") for kind, task_id in ids.items()}
         assert json.loads(rx.at("/ping")[0].body) == {"a": 1}
-    done = {kind: (await pool.events(task_id))[-1] for kind, task_id in ids.items()}
-    assert all(e.type == "task.succeeded" for e in done.values()), {k: (e.type, e.data) for k, e in done.items()}
-    assert done["echo"].data["result"] == {"hello": "world", "n": [1, 2]}
-    assert done["sleep"].data["result"]["slept_seconds"] >= 0.2
-    assert done["http.request"].data["result"]["status"] == 200
+    assert all(v["status"] == "succeeded" and v["attempts"] == 1 for v in done.values()), done
+    assert done["echo"]["result"] == {"hello": "world", "n": [1, 2]} and done["echo"]["result_ref"] is None
+    assert done["sleep"]["result"]["slept_seconds"] >= 0.2
+    assert done["http.request"]["result"]["status"] == 200
+    for task_id in ids.values():
+        assert types(await pool.events(task_id)) == ["task.submitted", "task.started", "task.succeeded"]
     # the export holds the project's stream and every task stream of the project, as JSON Lines
     export = await submit(http, owner, project, "project.export")
-    await pool.wait_status(export, "succeeded")
+    view = await pool.wait_view(http, owner.auth, export, "succeeded", "failed")
+    assert view["status"] == "succeeded" and view["result_ref"].startswith("blob://local/exports/"), view
     result = (await http.get(f"/v1/tasks/{export}/result", headers=owner.auth)).json()
-    assert result["result_ref"].startswith("blob://local/exports/") and result["download"]["url"]
+    assert result["result_ref"] == view["result_ref"] and result["download"]["url"]
     lines = [json.loads(line) for line in (await http.get(result["download"]["url"])).content.splitlines()]
     streams = {line["stream"] for line in lines}
     assert f"project-{project}" in streams and {f"task-{i}" for i in ids.values()} <= streams
@@ -104,15 +107,16 @@ async def test_an_unknown_kind_is_refused_at_submission(pool: Pool, http: httpx.
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "kind"
 
 
-async def test_an_unknown_kind_that_got_in_fails_clearly(pool: Pool, client: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
+async def test_an_unknown_kind_that_got_in_fails_clearly(pool: Pool, client: httpx.AsyncClient, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001, E501
     owner = await new_user()
     project = await new_project(owner)
     # the shared gateway does not check kinds: the worker must fail the task, not hang
     response = await client.post(f"/v1/projects/{project}/tasks", json={"kind": "no.such.kind", "max_attempts": 3}, headers=owner.auth)
     task_id = response.json()["id"]
-    events = await pool.wait_status(task_id, "failed")
-    assert types(events) == ["task.submitted", "task.started", "task.failed"]
-    assert "no handler for task kind 'no.such.kind'" in events[-1].data["error"] and not events[-1].data["retry_scheduled"]
+    view = await pool.wait_view(http, owner.auth, task_id, "failed", "succeeded")
+    assert view["status"] == "failed" and view["attempts"] == 1 and not view["retry_scheduled"], view
+    assert "no handler for task kind 'no.such.kind'" in view["last_error"]
+    assert types(await pool.events(task_id)) == ["task.submitted", "task.started", "task.failed"]
 
 
 async def test_workers_share_the_work(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
@@ -121,9 +125,12 @@ async def test_workers_share_the_work(pool: Pool, http: httpx.AsyncClient, new_u
     ids = [await submit(http, owner, project, "sleep", {"seconds": 0.5}) for _ in range(8)]
     workers = set()
     for task_id in ids:
-        events = await pool.wait_status(task_id, "succeeded")
+        view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed")
+        assert view["status"] == "succeeded" and view["attempts"] == 1, view
+        events = await pool.events(task_id)
         assert types(events) == ["task.submitted", "task.started", "task.succeeded"]
-        workers.add(events[1].data["worker_id"])
+        assert view["worker_id"] == events[1].data["worker_id"]
+        workers.add(view["worker_id"])
         assert uuid.UUID(events[1].data["lease_id"]) and events[1].data["lease_seconds"] == 3.0
     assert len(workers) == 2  # 8 half-second tasks, 2 slots per worker: both workers ran some
 
@@ -134,7 +141,9 @@ async def test_retries_with_backoff_then_success(pool: Pool, http: httpx.AsyncCl
     async with receiver() as rx:
         url = rx.on("/flaky", 500, 500, 200)
         task_id = await submit(http, owner, project, "http.request", {"url": url}, max_attempts=3)
-        events = await pool.wait_status(task_id, "succeeded", "failed")
+        view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed")
+    assert view["status"] == "succeeded" and view["attempts"] == 3 and "answered 500" in view["last_error"], view
+    events = await pool.events(task_id)
     assert types(events) == ["task.submitted", *["task.started", "task.failed"] * 2, "task.started", "task.succeeded"]
     failures = [e for e in events if e.type == "task.failed"]
     assert all(f.data["retry_scheduled"] and "answered 500" in f.data["error"] for f in failures)
@@ -151,7 +160,9 @@ async def test_final_failure_dead_list_and_requeue(pool: Pool, http: httpx.Async
     async with receiver() as rx:
         url = rx.on("/down", 503)
         task_id = await submit(http, owner, project, "http.request", {"url": url}, max_attempts=2)
-        events = await pool.wait_status(task_id, "failed")
+        view = await pool.wait_view(http, owner.auth, task_id, "failed", "succeeded")
+        assert view["status"] == "failed" and view["attempts"] == 2 and not view["retry_scheduled"] and "503" in view["last_error"], view
+        events = await pool.events(task_id)
         assert types(events)[-1] == "task.failed" and not events[-1].data["retry_scheduled"]
         async with asyncio.timeout(10):
             while (row := await pool.row(task_id)) is None or row[0] != "dead":
@@ -165,7 +176,9 @@ async def test_final_failure_dead_list_and_requeue(pool: Pool, http: httpx.Async
         rx.on("/down", 200)
         requeued = await http.post(f"/v1/tasks/{task_id}/retry", json={"reason": "receiver fixed"}, headers=admin)
         assert requeued.status_code == 202, requeued.text
-        events = await pool.wait_status(task_id, "succeeded", timeout=30)
+        view = await pool.wait_view(http, owner.auth, task_id, "succeeded", timeout=30)
+    assert view["attempts"] == 3
+    events = await pool.events(task_id)
     assert types(events)[-3:] == ["task.requeued", "task.started", "task.succeeded"]
     assert events[-1].data["attempt"] == 3
     again = await http.post(f"/v1/tasks/{task_id}/retry", headers=admin)
@@ -176,17 +189,20 @@ async def test_a_task_past_its_timeout_fails_as_timed_out(pool: Pool, http: http
     owner = await new_user()
     project = await new_project(owner)
     task_id = await submit(http, owner, project, "sleep", {"seconds": 60}, timeout_seconds=1)
-    events = await pool.wait_status(task_id, "failed", timeout=30)
-    assert types(events) == ["task.submitted", "task.started", "task.failed"]
-    assert events[-1].data["error"] == "timed out after 1 s" and not events[-1].data["retry_scheduled"]
+    view = await pool.wait_view(http, owner.auth, task_id, "failed", "succeeded", timeout=30)
+    assert view["status"] == "failed" and view["last_error"] == "timed out after 1 s" and not view["retry_scheduled"], view
+    assert view["attempts"] == 1
+    assert types(await pool.events(task_id)) == ["task.submitted", "task.started", "task.failed"]
 
 
 async def test_cancel_a_running_task_stops_it(pool: Pool, http: httpx.AsyncClient, new_user, new_project) -> None:  # noqa: ANN001
     owner = await new_user()
     project = await new_project(owner)
     task_id = await submit(http, owner, project, "sleep", {"seconds": 60})
-    await pool.wait_status(task_id, "running")
+    running = await pool.wait_view(http, owner.auth, task_id, "running")
+    assert running["attempts"] == 1 and running["worker_id"]
     assert (await http.post(f"/v1/tasks/{task_id}/cancel", headers=owner.auth)).status_code == 202
+    assert (await pool.wait_view(http, owner.auth, task_id, "cancelled"))["cancelled_at"]
     # the handler was stopped: its worker put the task at rest long before the 60 s sleep ends
     async with asyncio.timeout(10):
         while (row := await pool.row(task_id)) is None or row[0] != "cancelled":
@@ -199,13 +215,15 @@ async def test_a_cancelled_task_is_never_started(pool: Pool, http: httpx.AsyncCl
     project = await new_project(owner)
     busy = [await submit(http, owner, project, "sleep", {"seconds": 3}) for _ in range(4)]  # every slot of the pool
     for task_id in busy:
-        await pool.wait_status(task_id, "running")
+        await pool.wait_status(task_id, "running")  # from the stream: the read model may show it a moment later
     waiting = await submit(http, owner, project, "echo", {"x": 1})
     assert (await http.post(f"/v1/tasks/{waiting}/cancel", headers=owner.auth)).status_code == 202
     for task_id in busy:
-        await pool.wait_status(task_id, "succeeded")
+        await pool.wait_view(http, owner.auth, task_id, "succeeded")
     control = await submit(http, owner, project, "echo", {"x": 2})  # the pool is free again and runs new work
-    await pool.wait_status(control, "succeeded")
+    await pool.wait_view(http, owner.auth, control, "succeeded")
+    view = await pool.wait_view(http, owner.auth, waiting, "cancelled")
+    assert view["attempts"] == 0 and view["started_at"] is None and view["worker_id"] is None, view
     assert types(await pool.events(waiting)) == ["task.submitted", "task.cancelled"]
 
 
@@ -214,8 +232,8 @@ async def test_large_results_go_to_blob_storage_with_signed_links(pool: Pool, ht
     project = await new_project(owner)
     payload = {"blob": "x" * 40_000}
     task_id = await submit(http, owner, project, "echo", payload)
-    events = await pool.wait_status(task_id, "succeeded")
-    assert events[-1].data["result"] is None and events[-1].data["result_ref"].startswith("blob://local/results/")
+    view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed")
+    assert view["status"] == "succeeded" and view["result"] is None and view["result_ref"].startswith("blob://local/results/"), view
     result = (await http.get(f"/v1/tasks/{task_id}/result", headers=owner.auth)).json()
     url = result["download"]["url"]
     assert json.loads((await http.get(url)).content) == payload
@@ -249,7 +267,9 @@ async def test_a_task_longer_than_the_lease_keeps_it_by_renewal(pool: Pool, http
     owner = await new_user()
     project = await new_project(owner)
     task_id = await submit(http, owner, project, "sleep", {"seconds": 7})  # the pool's lease is 3 s
-    events = await pool.wait_status(task_id, "succeeded", "failed", timeout=60)
+    view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed", timeout=60)
+    assert view["status"] == "succeeded" and view["attempts"] == 1, view
+    events = await pool.events(task_id)
     assert types(events) == ["task.submitted", "task.started", "task.succeeded"]  # never taken over
 
 
@@ -261,7 +281,9 @@ async def test_sigterm_mid_task_hands_the_task_over(pool: Pool, http: httpx.Asyn
     stopping = pool.by_worker_id(events[-1].data["worker_id"])
     await asyncio.to_thread(stopping.stop)  # SIGTERM: 1 s of grace (the pool's setting), then the attempt is given up
     pool.spawn()
-    events = await pool.wait_status(task_id, "succeeded", timeout=60)
+    view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed", timeout=60)
+    assert view["status"] == "succeeded" and view["attempts"] == 2 and "stopped during the attempt" in view["last_error"], view
+    events = await pool.events(task_id)
     assert types(events) == ["task.submitted", "task.started", "task.failed", "task.started", "task.succeeded"]
     assert "stopped during the attempt" in events[2].data["error"] and events[2].data["retry_scheduled"]
     assert stopping.process.returncode == 0
@@ -275,7 +297,9 @@ async def test_kill_9_mid_task_finishes_exactly_once(pool: Pool, http: httpx.Asy
     victim = pool.by_worker_id(events[-1].data["worker_id"])
     victim.kill()
     pool.spawn()  # keep two workers for the tests after this one
-    events = await pool.wait_status(task_id, "succeeded", timeout=60)
+    view = await pool.wait_view(http, owner.auth, task_id, "succeeded", "failed", timeout=60)
+    assert view["status"] == "succeeded" and view["attempts"] == 2 and "lost" in view["last_error"], view
+    events = await pool.events(task_id)
     assert types(events) == ["task.submitted", "task.started", "task.failed", "task.started", "task.succeeded"]
     assert "lost" in events[2].data["error"] and events[2].data["retry_scheduled"]
     assert events[3].data["worker_id"] != events[1].data["worker_id"]

@@ -61,3 +61,22 @@ async def test_relay_backlog_counts_events_past_the_checkpoint(store: PostgresEv
     stop.set()
     await asyncio.wait_for(task, 5)
     assert registry.get_sample_value("taskstream_relay_lag_events") >= 1
+
+
+async def test_worker_consumer_lag_counts_submissions_no_worker_has_consumed(store: PostgresEventStore) -> None:
+    from datetime import UTC, datetime
+
+    from workers.lag import ConsumerLagMeter
+    from workers.leases import Leases, NewTask
+
+    meter = ConsumerLagMeter(store.pool)
+    before = await meter.measure()
+    task_id, project_id = uuid.uuid4(), uuid.uuid4()
+    data = {"task_id": str(task_id), "project_id": str(project_id), "kind": "echo", "payload": {}, "priority": 5}
+    await store.append(f"task-{task_id}", ANY, [NewEvent("task.submitted", data)])
+    await store.append(f"task-{uuid.uuid4()}", ANY, [NewEvent("task.touched", {})])  # not a submission: no lag
+    waiting = await meter.measure()
+    assert waiting.events == before.events + 1 and waiting.seconds >= 0
+    # a worker consumed it (wrote its row): the lag is gone again
+    await Leases(store.pool, "lagging", 30).ingest([NewTask(task_id, project_id, "echo", 5, datetime.now(UTC), None)])
+    assert (await meter.measure()).events == before.events

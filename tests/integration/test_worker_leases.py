@@ -187,3 +187,18 @@ async def test_a_worker_runs_at_most_its_concurrency_and_fails_bad_results_clear
     assert all(e.type == "task.succeeded" for t, e in last.items() if ids[t] == "busy")
     assert by_kind["oversized"].type == "task.failed" and "cannot be recorded" in by_kind["oversized"].data["error"]
     assert by_kind["refuses"].data == {**by_kind["refuses"].data, "error": "the input is wrong", "attempt": 1, "retry_scheduled": False}
+
+
+async def test_a_claim_hands_over_the_submissions_trace_context(store: PostgresEventStore) -> None:
+    """A task run later (claimed, not handed over at once) still joins its submission's trace."""
+    traced = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    [plain, with_trace] = rows(2)
+    with_trace = NewTask(with_trace.task_id, with_trace.project_id, "echo", MINE, with_trace.submitted_at, None, traced)
+    leases = Leases(store.pool, "traced", 30)
+    await leases.ingest([plain, with_trace])
+    claimed: dict[uuid.UUID, Claim] = {}
+    async with asyncio.timeout(10):
+        while len(claimed) < 2:
+            claimed.update({c.task_id: c for c in await leases.claim(10) if c.task_id in (plain.task_id, with_trace.task_id)})
+    assert claimed[with_trace.task_id].traceparent == traced
+    assert claimed[plain.task_id].traceparent is None

@@ -1,5 +1,8 @@
-"""A worker pool for end-to-end tests: a relay in this process (its own topic prefix) and
-``taskstream work`` processes, each in its own session so a test can kill -9 one."""
+"""A worker pool for end-to-end tests: a relay in this process (its own topic prefix),
+``taskstream work`` processes and, with ``projector=True``, a projector (``taskstream project``:
+the read model the query API serves, fed through the broker under test), each in its own session so a
+test can kill -9 one. Tests see outcomes as users do, through ``GET /v1/tasks/{id}``
+(:meth:`Pool.wait_view`), and check exactly-once in the task's stream."""
 
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class Pool:
     env: dict[str, str]
     folder: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    projector: WorkerProcess | None = None
 
     def spawn(self, concurrency: int = 2) -> WorkerProcess:
         port = embedded.free_port()
@@ -83,7 +87,16 @@ class Pool:
         return fold(task.evolve, None, (codec.decode(e) for e in await self.events(task_id)))  # type: ignore[arg-type]
 
     def log_tails(self, lines: int = 15) -> str:
-        return "\n".join(f"--- {w.log.name}:\n" + "\n".join(w.log.read_text(errors="replace").splitlines()[-lines:]) for w in self.workers)
+        procs = [*self.workers, *([self.projector] if self.projector else [])]
+        return "\n".join(f"--- {w.log.name}:\n" + "\n".join(w.log.read_text(errors="replace").splitlines()[-lines:]) for w in procs)
+
+    def spawn_projector(self) -> WorkerProcess:
+        log = self.folder / "projector.log"
+        env = {**self.env, "PROJECTOR_GROUP_ID": f"projector-{self.env['WORKER_GROUP']}", "METRICS_PORT": "0",
+               "PROJECTOR_SESSION_TIMEOUT": "6"}  # fmt: skip
+        proc = embedded.spawn("projector", [sys.executable, "-m", "taskstream.cli", "project"], log, env=env, cwd=ROOT)
+        self.projector = WorkerProcess(proc, 0, log)
+        return self.projector
 
     async def wait_status(self, task_id: str, *statuses: str, timeout: float = 60) -> list[RecordedEvent]:
         """Wait until the task's stream says one of ``statuses``; return its events."""
@@ -97,6 +110,28 @@ class Pool:
         except TimeoutError:
             state = await self.state(task_id)
             raise AssertionError(f"task {task_id} is {state.status if state else None}, not {statuses}:\n{self.log_tails()}") from None
+
+    async def wait_view(self, http: Any, headers: dict[str, str], task_id: str, *statuses: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait until ``GET /v1/tasks/{id}`` (the query API over the read model) says one of
+        ``statuses``; return the task as it answered."""
+        view: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    answer = await http.get(f"/v1/tasks/{task_id}", headers=headers)
+                    if answer.status_code == 200:
+                        view = answer.json()
+                        if view["status"] in statuses:
+                            return view
+                    elif answer.status_code not in (404, 503):  # not projected yet; behind
+                        raise AssertionError(f"GET /v1/tasks/{task_id}: {answer.status_code} {answer.text}")
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            state = await self.state(task_id)
+            raise AssertionError(
+                f"task {task_id}: the query API says {view and view['status']}, its stream {state and state.status}; "
+                f"wanted {statuses}:\n{self.log_tails()}"
+            ) from None
 
     async def wait_event(self, task_id: str, type_: str, count: int = 1, timeout: float = 60) -> list[RecordedEvent]:
         async with asyncio.timeout(timeout):
@@ -114,7 +149,8 @@ class Pool:
 
 @contextlib.asynccontextmanager
 async def worker_pool(
-    store: PostgresEventStore, database_url: str, bootstrap: str, folder: Path, *, workers: int = 2, concurrency: int = 2, **env: str
+    store: PostgresEventStore, database_url: str, bootstrap: str, folder: Path, *, workers: int = 2, concurrency: int = 2,
+    projector: bool = False, redis_url: str | None = None, **env: str,
 ) -> AsyncIterator[Pool]:
     tag = uuid.uuid4().hex[:10]
     prefix = f"w{tag}."
@@ -136,6 +172,7 @@ async def worker_pool(
             **os.environ,
             "PYTHONPATH": str(ROOT),
             "DATABASE_URL": database_url,
+            **({"REDIS_URL": redis_url} if redis_url else {}),  # the projector writes through to the gateway's read cache
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "KAFKA_TOPIC_PREFIX": prefix,
             "WORKER_GROUP": f"workers-{tag}",
@@ -155,11 +192,13 @@ async def worker_pool(
         folder,
     )
     try:
+        if projector:
+            pool.spawn_projector()
         for _ in range(workers):
             pool.spawn(concurrency)
         yield pool
     finally:
-        for w in pool.workers:
+        for w in [*pool.workers, *([pool.projector] if pool.projector else [])]:
             w.stop()
         stop.set()
         await asyncio.wait_for(relaying, 10)

@@ -21,6 +21,7 @@ KNOWN = {
     "taskstream_projection_lag_events", "taskstream_projection_lag_seconds", "taskstream_cache_requests_total",
     "taskstream_relay_lag_seconds_bucket", "taskstream_relay_lag_seconds_count", "taskstream_relay_lag_events",
     "taskstream_db_pool_connections", "taskstream_disk_usage_ratio",
+    "taskstream_worker_consumer_lag_events", "taskstream_worker_consumer_lag_seconds",
 }  # fmt: skip
 BOUNDED = {"le", "method", "route", "status_class", "state", "result", "projection", "instance"}
 
