@@ -14,7 +14,7 @@ its ``position`` in one transaction, so an interrupted run is continued by the n
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
