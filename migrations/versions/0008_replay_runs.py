@@ -1,7 +1,7 @@
 """Replay runs: what ``taskstream replay`` is building, and how far each part of it got.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-30
 
 A run rebuilds read models from the events table into tables of its own (``<model>_rb_<run>``)
