@@ -199,7 +199,7 @@ async def test_a_history_says_who_did_what_and_when(client: httpx.AsyncClient, n
     assert [len(p) for p in pages] == [2, 1]
     assert [(i["version"], i["type"], i["actor"]) for i in items] == [
         (1, "project.created", owner.id), (2, "project.member_added", owner.id), (3, "project.updated", member.id)]  # fmt: skip
-    assert items[2]["data"]["description"] == "by the editor"
+    assert items[2]["data"]["changes"] == {"description": "by the editor"} and items[2]["schema_version"] == 2
     assert [i["global_position"] for i in items] == sorted(i["global_position"] for i in items)
     task_history = await _ok(await client.get(f"/v1/tasks/{task['id']}/history", headers=owner.auth))
     assert [(i["type"], i["actor"]) for i in task_history["items"]] == [("task.submitted", member.id), ("task.cancelled", owner.id)]
