@@ -20,7 +20,11 @@ Guarantees
   while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
 
 Price: one round trip per statement of a batch (lock, parked streams, rows, upsert, counts,
-tracking), paid once per batch of up to hundreds of events.
+tracking), paid once per batch of up to ``batch_size`` events. The rows a projector committed
+last are kept in memory (``row_cache`` rows, LRU; about 1 KB each for tasks): a row whose stored
+version is still the one kept is not read again, only its version is (the fold of the same
+events gives the same row, whichever process wrote it). Projects are never taken from it: the
+tasks projection changes their counts without moving their version.
 """
 
 from __future__ import annotations
