@@ -194,8 +194,9 @@ class Projector:
             async with conn.transaction():
                 await self._lock_partitions(conn, records)
                 parked = await self._parked(conn, list(by_stream))
-                keys = {s: str(model.entity_id(s)) for s in by_stream if s not in parked}
-                current = await self._current_rows(conn, list(keys.values()))
+                ids = {s: model.entity_id(s) for s in by_stream if s not in parked}
+                keys = {s: str(i) for s, i in ids.items()}
+                current = await self._current_rows(conn, list(ids.values()))
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
                 gapped: dict[str, int] = {}
                 for stream, events in by_stream.items():
@@ -254,15 +255,16 @@ class Projector:
         self._remember(written)  # committed
         return outcome
 
-    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], keys: list[str]) -> dict[str, Row]:
-        """The stored rows of ``keys`` (under the partition locks): those this process wrote
-        last from the row cache when their stored version is the cached one, the rest read."""
+    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[str, Row]:
+        """The stored rows of ``ids`` (under the partition locks), by id as text: those this
+        process wrote last from the row cache when their stored version is the cached one, the
+        rest read. (UUIDs, not text, as parameters: a text array would not use the key's index.)"""
         loads = json.loads
         cached = self._rows
-        if cached is None or not keys:
-            cur = await conn.execute(self._select, (keys,))
+        if cached is None or not ids:
+            cur = await conn.execute(self._select, (ids,))
             return {row[self.model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
-        cur = await conn.execute(self._versions, (keys,))
+        cur = await conn.execute(self._versions, (ids,))
         current: dict[str, Row] = {}
         unknown = []
         for key, version in await cur.fetchall():
@@ -270,7 +272,7 @@ class Projector:
             if row is not None and row["version"] == version:
                 current[key] = row
             else:
-                unknown.append(key)
+                unknown.append(uuid.UUID(key))
         if unknown:
             cur = await conn.execute(self._select, (unknown,))
             current.update((row[self.model.key], row) for (text,) in await cur.fetchall() for row in (loads(text),))
