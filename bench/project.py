@@ -171,6 +171,8 @@ def main() -> int:
     finally:
         for server in reversed(started):
             server.stop()
+        if os.environ.get("BENCH_KEEP_LOG"):
+            shutil.copy(folder / "projector.log", os.environ["BENCH_KEEP_LOG"])
         shutil.rmtree(folder, ignore_errors=True)
     rate = total / (done - first)
     print(json.dumps({

@@ -10,87 +10,44 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
-from gateway.http import request_id_of
-from gateway.ratelimit import RateLimitHeaders
-from gateway.problems import current_trace_id, install_problem_handlers, problem
+from gateway.edge import Edge, IndexedRouter
+from gateway.problems import current_trace_id, exception_handlers, problem
 from gateway.reads import READ_ENDPOINTS
 from gateway.analysts import refuse_analysts  # issue 8: analysts read event streams only
 from gateway.audit import with_audit  # issue 8: time travel, audit log, schemas
 from gateway.routes import ENDPOINTS, Deps, Endpoint
 from gateway.sse import STREAM_ENDPOINTS
-from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
 
 log = logging.getLogger("taskstream.gateway")
 
 ReadinessCheck = Callable[[], Awaitable[None]]  # raises when the dependency is not reachable
 
 
-class RequestContext:
-    """X-Request-ID (from nginx, or new) on request.state and on the answer; the request's
-    server span (continuing a caller's ``traceparent``); request metrics by route template."""
+class _Gateway(Starlette):
+    """Starlette with one edge layer (``gateway.edge.Edge``) in place of its error and exception
+    middlewares and ours: request ids, spans, metrics, rate-limit fields and problems in one
+    pass. Middleware added with ``add_middleware`` runs inside the edge."""
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
-        self.requests = Counter(
-            "taskstream_http_requests_total", "HTTP requests answered, by route template and status class",
-            ["method", "route", "status_class"], registry=registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "taskstream_http_request_duration_seconds", "Time to answer an HTTP request, by route template",
-            ["method", "route"], registry=registry, buckets=HTTP_LATENCY_BUCKETS,
-        )  # fmt: skip
-        self.tracer = tracer("taskstream.gateway")
+    def __init__(self, *, routes: list[Route], lifespan: Any, registry: CollectorRegistry) -> None:
+        super().__init__(routes=routes, lifespan=lifespan)
+        self.router = IndexedRouter(routes, lifespan=lifespan)
+        self._registry = registry
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or ())
-        request_id = request_id_of(headers.get(b"x-request-id"))
-        method = method_label(scope["method"])
-        parent = context_from(headers.get(b"traceparent"), headers.get(b"tracestate"))
-        status = 500
-        started = time.perf_counter()
-        streamed_at: float | None = None  # an event stream's latency is its time to answer, not its life
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, streamed_at
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                if any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())):
-                    streamed_at = time.perf_counter()
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        with self.tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
-            ctx = span.get_span_context()
-            scope.setdefault("state", {})
-            scope["state"]["request_id"] = request_id
-            scope["state"]["trace_id"] = format(ctx.trace_id, "032x") if ctx.is_valid else request_id
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                matched = scope.get("route")  # set by the router when a route matched
-                route = getattr(matched, "path", "unmatched")
-                self.requests.labels(method, route, status_class(status)).inc()
-                self.latency.labels(method, route).observe((streamed_at or time.perf_counter()) - started)
-                if span.is_recording():
-                    span.update_name(f"{method} {route}")
-                    span.set_attributes({"http.request.method": method, "http.route": route, "http.response.status_code": status})
-                    if status >= 500:
-                        span.set_status(StatusCode.ERROR)
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = self.router
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return Edge(app, self._registry, handlers=dict(self.exception_handlers))
 
 
 def _routes(endpoints: Sequence[Endpoint], deps: Deps, timeout: float | None = None) -> list[Route]:
@@ -201,11 +158,10 @@ def create_app(
         return problem(503, "Service Unavailable", "the event store is unavailable; retry later", "unavailable",
                        headers={"Retry-After": "1"}, trace_id=trace_id)  # fmt: skip
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _Gateway(routes=routes, lifespan=lifespan, registry=registry)
     app.state.fingerprint_key = fingerprint_key or secrets.token_bytes(32)
     app.state.event_streams = streams  # GET /v1/events/stream (gateway/sse.py)
-    install_problem_handlers(app)
+    for key, handler in exception_handlers().items():  # Exception: answered by the edge
+        app.add_exception_handler(key, handler)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
-    app.add_middleware(RateLimitHeaders, registry=registry)  # outside ProblemMiddleware: errors get the fields too
-    app.add_middleware(RequestContext, registry=registry)
     return app

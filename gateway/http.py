@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import uuid
 from typing import Any, TypeVar
@@ -187,7 +188,7 @@ def request_id_of(raw: bytes | None) -> str:
     """``X-Request-ID`` (nginx sets one) when well formed, else a new id: it becomes metadata."""
     if raw and _REQUEST_ID.match(raw):
         return raw.decode("ascii")
-    return uuid.uuid4().hex
+    return f"{random.getrandbits(128):032x}"  # unique, not secret: no system call per request
 
 
 def valid_traceparent(raw: str | None) -> str | None:

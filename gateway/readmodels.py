@@ -67,6 +67,7 @@ class Reads:
         self.requests = Counter(
             "taskstream_cache_requests", "Reads by id, by where they were answered", ["result"], registry=registry
         )
+        self._near_hits = self.requests.labels("near_hit")  # the hot path: one child, looked up once
 
     # --- by id -----------------------------------------------------------------------------
 
@@ -78,7 +79,7 @@ class Reads:
         if near is not None:
             entry = near.get(key)
             if entry is not None:
-                self.requests.labels("near_hit").inc()
+                self._near_hits.inc()
                 return entry
         if self._redis_usable():
             assert self.cache is not None

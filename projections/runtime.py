@@ -20,7 +20,11 @@ Guarantees
   while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
 
 Price: one round trip per statement of a batch (lock, parked streams, rows, upsert, counts,
-tracking), paid once per batch of up to hundreds of events.
+tracking), paid once per batch of up to ``batch_size`` events. The rows a projector committed
+last are kept in memory (``row_cache`` rows, LRU; about 1 KB each for tasks): a row whose stored
+version is still the one kept is not read again, only its version is (the fold of the same
+events gives the same row, whichever process wrote it). Projects are never taken from it: the
+tasks projection changes their counts without moving their version.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -94,6 +98,7 @@ class Projector:
         cache: ReadCache | None = None,
         attempts: int = 3,
         retry_backoff: float = 0.5,
+        row_cache: int = 100_000,
     ) -> None:
         self.model = model
         self._pool = pool
@@ -113,12 +118,27 @@ class Projector:
         )
         # Rows as one JSON text each: one parse in Python instead of a conversion per column.
         self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s)"
+        # The rows this process committed last, by id: a row whose stored version is still the
+        # one cached is taken from here (only its version is read). Not for projects, whose rows
+        # the tasks projection also changes (the counts) without moving their version.
+        self._rows: OrderedDict[str, Row] | None = OrderedDict() if row_cache > 0 and model.name != "projects" else None
+        self._row_cache_size = row_cache
+        self._versions = f"SELECT {model.key}::text, version FROM {model.name} WHERE {model.key} = ANY(%s)"
 
     # --- the loop's one step ---------------------------------------------------------------
 
     async def apply_batch(self, records: Sequence[Record]) -> Outcome:
-        """Apply a batch and commit it with its tracking. Retries transient database failures
-        until it succeeds (the caller must not acknowledge the records before this returns)."""
+        """Apply a batch and commit it with its tracking, then refresh the cache. Retries
+        transient database failures until it succeeds (the caller must not acknowledge the
+        records before this returns)."""
+        outcome = await self.commit_batch(records)
+        await self.write_through(outcome)
+        return outcome
+
+    async def commit_batch(self, records: Sequence[Record]) -> Outcome:
+        """``apply_batch`` without the cache refresh: the caller runs ``write_through(outcome)``
+        afterwards (it may overlap the next batch: the cache's revision guard keeps the newer
+        entry whatever the order) and acknowledges the records only once that is done."""
         delay = self._retry_backoff
         while True:
             try:
@@ -132,8 +152,11 @@ class Projector:
                 log.warning("%s: batch failed, retrying in %.1f s: %r", self.model.name, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        await self._write_through(outcome.rows)
         return outcome
+
+    async def write_through(self, outcome: Outcome) -> None:
+        """Put the rows a committed batch wrote into the cache (never raises: see ReadCache)."""
+        await self._write_through(outcome.rows)
 
     async def _apply_streams_alone(self, records: Sequence[Record]) -> Outcome:
         """Each stream in its own transaction; one the database keeps refusing is parked."""
@@ -166,21 +189,21 @@ class Projector:
         for record in records:
             if isolate is None or record.event.stream == isolate:
                 by_stream[record.event.stream].setdefault(record.event.version, record.event)
+        written: list[Row] = []  # the rows of this model the transaction wrote, for the row cache
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 await self._lock_partitions(conn, records)
                 parked = await self._parked(conn, list(by_stream))
-                ids = [model.entity_id(s) for s in by_stream if s not in parked]
-                cur = await conn.execute(self._select, (ids,))
-                loads = json.loads
-                current = {row[model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
+                ids = {s: model.entity_id(s) for s in by_stream if s not in parked}
+                keys = {s: str(i) for s, i in ids.items()}
+                current = await self._current_rows(conn, list(ids.values()))
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
                 gapped: dict[str, int] = {}
                 for stream, events in by_stream.items():
                     if stream in parked:
                         outcome.waiting += len(events)
                         continue
-                    row = current.get(str(model.entity_id(stream)))
+                    row = current.get(keys[stream])
                     at = int(row["version"]) if row else 0
                     pending = [events[v] for v in sorted(events) if v > at]
                     outcome.dropped += len(events) - len(pending)
@@ -222,13 +245,50 @@ class Projector:
                         if model.name == "projects":
                             row = {**row, "task_counts": returned[1], "counts_revision": returned[2]}
                         outcome.rows.append((model.name, row))
+                        written.append(row)
                 if moves:
                     # Only the moves of rows really written are counted: never twice.
                     real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
                     outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
                 if isolate is None:
                     await self._track(records, conn=conn)
+        self._remember(written)  # committed
         return outcome
+
+    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[str, Row]:
+        """The stored rows of ``ids`` (under the partition locks), by id as text: those this
+        process wrote last from the row cache when their stored version is the cached one, the
+        rest read. (UUIDs, not text, as parameters: a text array would not use the key's index.)"""
+        loads = json.loads
+        cached = self._rows
+        if cached is None or not ids:
+            cur = await conn.execute(self._select, (ids,))
+            return {row[self.model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
+        cur = await conn.execute(self._versions, (ids,))
+        current: dict[str, Row] = {}
+        unknown = []
+        for key, version in await cur.fetchall():
+            row = cached.get(key)
+            if row is not None and row["version"] == version:
+                current[key] = row
+            else:
+                unknown.append(uuid.UUID(key))
+        if unknown:
+            cur = await conn.execute(self._select, (unknown,))
+            current.update((row[self.model.key], row) for (text,) in await cur.fetchall() for row in (loads(text),))
+        return current
+
+    def _remember(self, rows: list[Row]) -> None:
+        cached = self._rows
+        if cached is None:
+            return
+        key = self.model.key
+        for row in rows:
+            name = str(row[key])
+            cached[name] = row
+            cached.move_to_end(name)
+        while len(cached) > self._row_cache_size:
+            cached.popitem(last=False)
 
     def _fold(self, row: Row | None, events: Sequence[RecordedEvent]) -> tuple[Row | None, int, _StreamFailed | None]:
         """The row after the events, how many were applied, and the failure that stopped it:
@@ -236,8 +296,8 @@ class Projector:
         for applied, event in enumerate(events):
             for attempt in range(1, self._attempts + 1):
                 try:
-                    upcast = replace(event, data=self._registry.upcast(event.type, event.schema_version, event.data))
-                    row = self.model.apply(row, upcast)
+                    data = self._registry.upcast(event.type, event.schema_version, event.data)
+                    row = self.model.apply(row, event if data is event.data else replace(event, data=data))
                     break
                 except Exception as exc:  # noqa: BLE001 - a failing event is parked, never lost
                     if attempt == self._attempts:

@@ -1,10 +1,12 @@
 """The faust-streaming app that feeds the projectors from the category topics.
 
 One agent per read model consumes ``<prefix><category>`` through the consumer group, so several
-``taskstream project`` processes share the partitions. Records come in batches
-(``noack_take``); a batch is acknowledged to faust only after ``Projector.apply_batch`` has
-committed it, so faust never commits an offset past an event whose rows are not committed. No
-faust Tables: the read models live in PostgreSQL, tracked there with the rows.
+``taskstream project`` processes share the partitions. Records are applied in batches by group
+commit (``_Batches``): no wait for a batch to fill, so a lone event is applied at once, and under
+load a batch is whatever arrived while the previous one was applied, up to ``batch_size``. A
+batch is acknowledged to faust only after its rows are committed and the cache refreshed, so
+faust never commits an offset past an event whose rows are not committed. No faust Tables: the
+read models live in PostgreSQL, tracked there with the rows.
 
 tansu (see INFRA.md) reports wrong end offsets, so nothing here relies on them; lag is measured
 from PostgreSQL (``projections.lag``).
@@ -12,6 +14,8 @@ from PostgreSQL (``projections.lag``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +28,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from opentelemetry.trace import SpanKind
 
-from projections.runtime import Projector, Record
+from projections.runtime import Outcome, Projector, Record
 from schemas.envelope import RecordedEvent
 from taskstream.telemetry import context_from, is_sampled, traceparent_from_headers, tracer
 
@@ -36,8 +40,7 @@ class StreamConfig:
     bootstrap_servers: str
     group_id: str = "taskstream-projector"
     topic_prefix: str = "events."
-    batch_size: int = 2000
-    batch_within: float = 0.01  # seconds to wait for a batch to fill
+    batch_size: int = 2000  # the most records one transaction applies
     session_timeout: float = 10.0
     heartbeat_interval: float = 1.5
     data_dir: str | None = None  # faust's datadir (unused by the memory store, but always created)
@@ -58,9 +61,17 @@ def _headers(message: Any) -> list[tuple[str, Any]]:
 
 
 async def project_batch(projector: Projector, messages: list[Any]) -> None:
-    """One step of an agent: decode, park what is not an event, apply, then record an apply span
-    in the trace of every sampled record (the relay's publish span is the parent, from the
-    record's ``traceparent`` header), so one trace runs from the request to the read model."""
+    """One step of an agent: decode, park what is not an event, apply (rows, then cache), then
+    record an apply span in the trace of every sampled record (the relay's publish span is the
+    parent, from the record's ``traceparent`` header), so one trace runs from the request to the
+    read model."""
+    outcome = await commit_batch(projector, messages)
+    await projector.write_through(outcome)
+
+
+async def commit_batch(projector: Projector, messages: list[Any]) -> Outcome:
+    """``project_batch`` up to the commit: the caller refreshes the cache with the outcome
+    (``projector.write_through``) before it acknowledges the messages."""
     records = []
     for message in messages:
         decoded = decode(message)
@@ -70,7 +81,7 @@ async def project_batch(projector: Projector, messages: list[Any]) -> None:
             await projector.park_undecodable(message.topic, message.partition, message.offset, message.key, decoded)
     started_ns = time.time_ns()
     started = time.perf_counter()
-    await projector.apply_batch(records)
+    outcome = await projector.commit_batch(records)
     log.debug("%s: %d records in %.1f ms", projector.model.name, len(records), (time.perf_counter() - started) * 1000)
     ended_ns = time.time_ns()
     name = f"project {projector.model.name}"
@@ -83,6 +94,7 @@ async def project_batch(projector: Projector, messages: list[Any]) -> None:
                             "taskstream.batch_size": len(messages)},
             )  # fmt: skip
             span.end(end_time=ended_ns)
+    return outcome
 
 
 class _PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -138,14 +150,105 @@ def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> No
     topic = app.topic(f"{config.topic_prefix}{projector.model.category}", key_type=bytes, value_type=bytes)
 
     async def project(stream: Any) -> None:
-        async for events in stream.noack_take(config.batch_size, within=config.batch_within):
-            await project_batch(projector, [event.message for event in events])
-            for event in events:
-                await stream.ack(event)
+        manual = stream.noack()
+        batches = _Batches(projector, manual, config.batch_size)
+        try:
+            async for event in manual.events():
+                await batches.add(event)
+        finally:
+            await batches.close()
 
     project.__name__ = f"project_{projector.model.name}"
     project.__qualname__ = project.__name__
     app.agent(topic, name=f"taskstream.project.{projector.model.name}")(project)
+
+
+_BEHIND = 1000  # records the log is ahead of a batch when the projector is catching up
+_LINGER = 0.02  # seconds a catching-up projector waits for its next batch to fill
+
+
+class _Batches:
+    """Group commit of an agent's records. The agent only buffers; one task applies whatever the
+    buffer holds (up to ``size``) as one batch, while the agent keeps buffering the next: a lone
+    record is applied at once, and under load each batch is what arrived during the previous
+    one. The cache refresh of a committed batch runs while the next batch is applied; a batch
+    is acknowledged once both are done, batches in order. A full buffer makes the agent wait."""
+
+    def __init__(self, projector: Projector, stream: Any, size: int) -> None:
+        self._projector, self._stream, self._size = projector, stream, max(1, size)
+        self._buffer: list[Any] = []
+        self._pending = asyncio.Event()
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._worker = asyncio.create_task(self._run(), name=f"project-{projector.model.name}")
+
+    async def add(self, event: Any) -> None:
+        if self._worker.done():
+            self._worker.result()  # the worker failed: fail the agent with its error
+            raise RuntimeError("the projector's batch task ended")
+        self._buffer.append(event)
+        self._pending.set()
+        if len(self._buffer) >= self._size:
+            self._full.set()
+        if len(self._buffer) >= 2 * self._size:
+            self._room.clear()
+            room = asyncio.ensure_future(self._room.wait())
+            try:
+                await asyncio.wait({room, self._worker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                room.cancel()
+
+    async def _run(self) -> None:
+        refreshing: asyncio.Task[None] | None = None
+        behind = 0  # how far the log was ahead of the previous batch
+        try:
+            while True:
+                await self._pending.wait()
+                if len(self._buffer) < self._size and behind >= _BEHIND:
+                    # Catching up: a moment to let more arrive, so that the fixed cost of a
+                    # transaction (round trips, commit) spreads over more events.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_LINGER):
+                            await self._full.wait()
+                batch, self._buffer = self._buffer[: self._size], self._buffer[self._size :]
+                behind = self._behind(batch)
+                if len(self._buffer) < self._size:
+                    self._full.clear()
+                if not self._buffer:
+                    self._pending.clear()
+                if len(self._buffer) < 2 * self._size:
+                    self._room.set()
+                outcome = await commit_batch(self._projector, [event.message for event in batch])
+                if refreshing is not None:
+                    await refreshing
+                refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._stream, batch))
+        finally:
+            if refreshing is not None and not refreshing.done():
+                await asyncio.shield(refreshing)
+
+    def _behind(self, batch: list[Any]) -> int:
+        """Records of the log past the batch (fetch high-water marks: right even on tansu)."""
+        last: dict[Any, int] = {}
+        for event in batch:
+            message = event.message
+            last[message.tp] = max(last.get(message.tp, -1), message.offset)
+        try:
+            consumer = self._stream.app.consumer
+            return max((consumer.highwater(tp) or 0) - offset - 1 for tp, offset in last.items())
+        except Exception:  # noqa: BLE001 - unknown: assume the projector keeps up
+            return 0
+
+    async def close(self) -> None:
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+
+
+async def _refresh_then_ack(projector: Projector, outcome: Outcome, stream: Any, events: list[Any]) -> None:
+    await projector.write_through(outcome)
+    for event in events:
+        await stream.ack(event)
 
 
 def topics(config: StreamConfig, projectors: Iterable[Projector]) -> list[str]:

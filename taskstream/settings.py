@@ -75,7 +75,7 @@ class Settings:
     relay_leader_retry_seconds: float = 1.0  # how often a waiting relay tries for leadership
 
     projector_group_id: str = "taskstream-projector"
-    projector_batch_size: int = 2000  # larger batches catch up faster; latency is bounded by the 10 ms take
+    projector_batch_size: int = 2000  # the most events one transaction applies (group commit: no wait to fill)
     projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
