@@ -40,12 +40,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http import request_id_of
 from gateway.problems import problem_for
-from gateway.ratelimit import Decision
+from gateway.ratelimit import STATE_KEY, Decision
 from taskstream.telemetry import HTTP_LATENCY_BUCKETS, context_from, method_label, status_class, tracer
 
 log = logging.getLogger("taskstream.gateway")
 
-_RATE_LIMITS = "rate_limits"  # scope["state"] key of the rate-limit decisions (gateway.ratelimit)
 _RANDOM_TRACE_FLAG = 0x02  # W3C Trace Context level 2 "random trace id" (the SDK sets it)
 _MAX_METRIC_CHILDREN = 4096
 
@@ -126,7 +125,7 @@ class Edge:
                 headers = [*message.get("headers", ()), id_header]
                 if any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers):
                     streamed_at = time.perf_counter()
-                decisions: Sequence[Decision] = state.get(_RATE_LIMITS) or ()
+                decisions: Sequence[Decision] = state.get(STATE_KEY) or ()
                 if decisions:
                     headers.append((b"ratelimit-policy", ", ".join(d.policy.field for d in decisions).encode()))
                     headers.append((b"ratelimit", ", ".join(d.field for d in decisions).encode()))

@@ -30,21 +30,18 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import NoScriptError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import AuthError, SigningKeysUnavailable, TokenVerifier, bearer_principal
 
 log = logging.getLogger("taskstream.gateway")
 
 FailureMode = Literal["open", "closed"]
-_STATE_KEY = "rate_limits"  # scope["state"]: the decisions of this request, for the headers
+STATE_KEY = "rate_limits"  # scope["state"]: the decisions of this request (gateway.edge adds the headers)
 
 # GCRA. KEYS[1]: the caller's key. ARGV: emission interval and tolerance (the window), in ms.
 # Returns {allowed, remaining, reset_ms (until the whole quota is back), retry_after_ms}.
@@ -200,7 +197,7 @@ class RateLimits:
             await self._check(request, policy, "account:" + hashlib.sha256(email.encode()).hexdigest()[:32])
 
     async def _check(self, request: Request, policy: Policy, who: str) -> None:
-        decisions: list[Decision] = request.scope.setdefault("state", {}).setdefault(_STATE_KEY, [])
+        decisions: list[Decision] = request.scope.setdefault("state", {}).setdefault(STATE_KEY, [])
         try:
             decision = await self.limiter.check(policy, who)
         except RateLimited as refused:
@@ -232,31 +229,3 @@ async def principal_key(request: Request, verifier: TokenVerifier) -> str:
         except (AuthError, SigningKeysUnavailable):
             pass  # the handler answers 401/503; count it against the address meanwhile
     return address_key(request)
-
-
-class RateLimitHeaders:
-    """Adds ``RateLimit-Policy`` and ``RateLimit`` to every answer of a limited request (errors
-    too) and counts refusals in ``taskstream_rate_limit_refusals_total{limit}``."""
-
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
-        self.refusals = Counter("taskstream_rate_limit_refusals", "Requests refused by a rate limit", ["limit"], registry=registry)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_fields(message: Message) -> None:
-            decisions: Sequence[Decision] = scope.get("state", {}).get(_STATE_KEY) or ()
-            if message["type"] == "http.response.start" and decisions:
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (b"ratelimit-policy", ", ".join(d.policy.field for d in decisions).encode()),
-                    (b"ratelimit", ", ".join(d.field for d in decisions).encode()),
-                ]
-                for refused in (d for d in decisions if not d.allowed):
-                    self.refusals.labels(refused.policy.name).inc()
-            await send(message)
-
-        await self.app(scope, receive, send_with_fields)
