@@ -152,8 +152,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake.clear()
-            self._due = False  # before the claim: a wake-up during it sets it again
             free = self.reserve(self.config.concurrency)
+            if free:
+                self._due = False  # before the claim: a wake-up during it sets it again
             try:
                 claims = await self.leases.claim(free)
             except Exception as exc:  # noqa: BLE001 - the database may be away; try again later
