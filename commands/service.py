@@ -43,6 +43,10 @@ class Service:
     retries: int = 3
     cache: StateCache = field(default_factory=StateCache)
     task_kinds: frozenset[str] | None = None  # set: a submission of another kind is refused (422)
+    # Callers whose token subject has no user stream (an operator's bootstrap admin): with
+    # ``trust_cache`` their stream is not read again but guarded as absent in the append, as a
+    # cached state is guarded at its version (the cache keeps no empty streams).
+    _streamless: set[str] = field(default_factory=set)
 
     async def _run(self, plan: Any, ctx: WriteContext) -> Written:
         return await execute(self.store, plan, ctx, retries=self.retries)
@@ -205,7 +209,9 @@ class Service:
             # (another gateway changed them) fails the append, and the retry reads them afresh.
             proj, account = await self._project_and_actor(project_id, actor, "edit", trust_cache=attempt == 0, live=True)
             submitted = Loaded(task.stream_for(task_id), None, 0).append(task.decide(None, command))
-            return [submitted, proj.guard(), *([account.guard()] if account.version else [])]
+            # The caller's stream is guarded even when it has none (expected: no stream), so a
+            # state trusted from memory, absent or not, is checked by the append.
+            return [submitted, proj.guard(), *([account.guard()] if account.stream else [])]
 
         return await self._run(plan, ctx)
 
@@ -277,10 +283,20 @@ class Service:
         project must not be archived."""
         wanted: list[tuple[Any, str]] = [(project.DECIDER, project.stream_for(project_id))]
         actor_stream = _actor_stream(actor)
-        if actor_stream is not None:
+        absent = trust_cache and actor_stream in self._streamless
+        if actor_stream is not None and not absent:
             wanted.append((user.DECIDER, actor_stream))
         loaded = await load_many(self.store, *wanted, cache=self.cache, trust_cache=trust_cache)
-        account = loaded[1] if len(loaded) > 1 else Loaded("", None, 0)
+        if absent:
+            account = Loaded(actor_stream, None, 0)  # type: ignore[arg-type]
+        else:
+            account = loaded[1] if len(loaded) > 1 else Loaded("", None, 0)
+            if actor_stream is not None and not account.version:
+                if len(self._streamless) >= 10_000:
+                    self._streamless.clear()
+                self._streamless.add(actor_stream)
+            elif actor_stream is not None:
+                self._streamless.discard(actor_stream)  # it has a stream now: cached as any other
         try:
             state = authz.project_access(loaded[0].state, _as_stored(actor, account.state), need)
             if live and state.archived:

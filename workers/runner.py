@@ -43,7 +43,7 @@ from commands.service import Service
 from commands import task
 from commands.decider import fold
 from schemas.catalog import registry as codec_registry
-from schemas.envelope import Metadata
+from schemas.envelope import Metadata, RecordedEvent
 from schemas.tasks import MAX_INLINE_RESULT_BYTES, FailTask, StartTask, SucceedTask, TaskSubmitted
 from workers.backoff import retry_delay
 from workers.kinds import PermanentError, Registry, Services, StoredResult, TaskContext
@@ -55,6 +55,7 @@ _tracer = tracer("taskstream.workers")
 
 Known = tuple[Loaded[task.State], TaskSubmitted]  # a task's state and its submission, as the log delivered them
 StopReason = Literal["cancelled", "lost", "shutdown"]
+CLAIM_COALESCE_SECONDS = 0.005  # after a wake-up, slots freed within this are claimed with it
 REST: dict[str, RestStatus] = {"succeeded": "done", "failed": "dead", "cancelled": "cancelled"}
 
 
@@ -98,6 +99,10 @@ class Worker:
     _jobs: dict[uuid.UUID, _Job] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Some row may be due: work was queued (NOTIFY) or the last claim took all it asked for.
+    # While it is False a freed slot does not query; the poll (every poll_seconds) still claims
+    # retries whose backoff passed and expired leases.
+    _due: bool = True
     stopping: bool = False
 
     # --- slots ---------------------------------------------------------------------------
@@ -114,7 +119,8 @@ class Worker:
 
     def release(self, count: int = 1) -> None:
         self._set_busy(self._busy - count)
-        self._wake.set()
+        if self._due:  # a freed slot only looks for queued work when some may be waiting
+            self._wake.set()
 
     def _set_busy(self, value: int) -> None:
         self._busy = value
@@ -122,6 +128,7 @@ class Worker:
             self.on_busy(value)
 
     def wake(self) -> None:
+        self._due = True
         self._wake.set()
 
     def start(self, claim: Claim, known: Known | None = None) -> None:
@@ -146,23 +153,32 @@ class Worker:
         while not stop.is_set():
             self._wake.clear()
             free = self.reserve(self.config.concurrency)
+            if free:
+                self._due = False  # before the claim: a wake-up during it sets it again
             try:
                 claims = await self.leases.claim(free)
             except Exception as exc:  # noqa: BLE001 - the database may be away; try again later
                 log.warning("claim failed: %r", exc)
+                self._due = True
                 claims = []
+            known = await self._read_many([c.task_id for c in claims])
             for claim in claims:
-                self.start(claim)
+                self.start(claim, known.get(claim.task_id))
             got = len(claims)
             if free > got:
                 self.release(free - got)
             if got and got == free:
+                self._due = True
                 continue  # maybe more is due
             waiter = asyncio.create_task(self._wake.wait())
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waiter, stopper}, timeout=self.config.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
             for t in (waiter, stopper):
                 t.cancel()
+            if waiter.done() and not stop.is_set():
+                # Woken (a slot freed, work queued): let the wake-ups of the next moment join this
+                # one, so that under load one claim takes several rows instead of one row a task.
+                await asyncio.sleep(CLAIM_COALESCE_SECONDS)
         await self.drain()
 
     async def drain(self) -> None:
@@ -196,7 +212,10 @@ class Worker:
 
     async def _read(self, task_id: uuid.UUID) -> Known | None:
         stream = task.stream_for(task_id)
-        events = await self.service.store.read_stream(stream)
+        return self._known(stream, await self.service.store.read_stream(stream))
+
+    def _known(self, stream: str, events: list[RecordedEvent]) -> Known | None:
+        """A task's state folded from its whole stream, and its submission (None: no stream)."""
         if not events:
             return None
         codec = codec_registry()
@@ -204,6 +223,19 @@ class Worker:
         state = fold(task.evolve, None, decoded)
         self.service.cache.put(stream, events[-1].version, state)
         return Loaded(stream, state, events[-1].version), decoded[0]
+
+    async def _read_many(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, Known]:
+        """The claimed tasks' streams in one query (instead of one read per task); a task
+        missing here (or all of them, if the read failed) is read by itself in ``_process``."""
+        if not task_ids:
+            return {}
+        try:
+            found = await self.service.store.read_streams({task.stream_for(t): 0 for t in task_ids})
+        except Exception as exc:  # noqa: BLE001 - each task reads its own stream instead
+            log.warning("reading %d claimed tasks failed: %r", len(task_ids), exc)
+            return {}
+        known = {t: self._known(task.stream_for(t), found.get(task.stream_for(t), [])) for t in task_ids}
+        return {t: k for t, k in known.items() if k is not None}
 
     async def _process(self, job: _Job, known: Known | None, depth: int = 0) -> None:
         claim = job.claim

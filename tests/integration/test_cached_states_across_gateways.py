@@ -79,3 +79,24 @@ async def test_an_archive_racing_a_cached_submission_from_another_process_wins(d
     finally:
         await store_a.close()
         await store_b.close()
+
+
+async def test_a_token_only_admin_is_checked_again_once_its_subject_has_a_user_stream(store: PostgresEventStore) -> None:
+    """A subject without a user stream is remembered as such (its submissions read nothing
+    about it) and guarded as absent: once a stream appears for it, its state decides."""
+    from commands import user
+    from schemas.envelope import NO_STREAM
+    from schemas.users import UserDeactivated, UserRegistered
+
+    a, b, admin, _owner, project_id = await setup(store)
+    await a.submit_task(admin, project_id, spec={"kind": "warm"}, ctx=CTX)  # reads: no stream
+    refused_before = store.commit_counts["fast_guard_refused"]
+    await a.submit_task(admin, project_id, spec={"kind": "warm"}, ctx=CTX)  # trusted absent, guarded: accepted
+    assert store.commit_counts["fast_guard_refused"] == refused_before
+    subject = uuid.UUID(admin.user_id)
+    registered = UserRegistered(user_id=subject, email=f"s{uuid.uuid4().hex[:8]}@example.org", display_name="S",
+                                password_hash="$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA", role="admin")  # fmt: skip
+    await store.append(user.stream_for(subject), NO_STREAM, [registered.to_new_event(), UserDeactivated(user_id=subject, reason="gone").to_new_event()])
+    with pytest.raises(Forbidden):
+        await a.submit_task(admin, project_id, spec={"kind": "late"}, ctx=CTX)
+    assert store.commit_counts["fast_guard_refused"] == refused_before + 1  # the absent guard failed; the retry read it

@@ -202,3 +202,40 @@ async def test_a_claim_hands_over_the_submissions_trace_context(store: PostgresE
             claimed.update({c.task_id: c for c in await leases.claim(10) if c.task_id in (plain.task_id, with_trace.task_id)})
     assert claimed[with_trace.task_id].traceparent == traced
     assert claimed[plain.task_id].traceparent is None
+
+
+async def test_freed_slots_keep_claiming_queued_work_without_waiting_for_the_poll(store: PostgresEventStore) -> None:
+    """A full worker with queued rows left claims them as its slots free, in batches, without
+    any further wake-up: the poll (60 s here) never comes into it."""
+    from workers.kinds import Registry
+
+    async def short(ctx: object) -> object:
+        await asyncio.sleep(0.05)
+        return None
+
+    kinds = Registry()
+    kinds.register("short", short)
+    service = Service(store)
+    owner_id = (await service.register_user(None, email=f"q{uuid.uuid4().hex[:8]}@example.org", display_name="Q",
+                                            password="password-1", role="member", ctx=CTX)).entity_id  # fmt: skip
+    owner = Actor(owner_id, "member")
+    project_id = uuid.UUID((await service.create_project(owner, name=f"p-{uuid.uuid4().hex[:6]}", description="", ctx=CTX)).entity_id)
+    ids = [uuid.UUID((await service.submit_task(owner, project_id, spec={"kind": "short"}, ctx=CTX)).entity_id) for _ in range(9)]
+    worker = Worker(Service(store), Leases(store.pool, "backlog", 30), kinds, Services(store, None, None),
+                    WorkerConfig(worker_id="backlog", concurrency=2, lease_seconds=30, poll_seconds=60))  # fmt: skip
+    await TaskLogConsumer(None, worker, worker.leases, store.pool).handle([(await store.read_stream(task.stream_for(t)))[0] for t in ids])
+    stop = asyncio.Event()
+    claiming = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                last = [(await store.read_stream(task.stream_for(t)))[-1].type for t in ids]
+                if all(t == "task.succeeded" for t in last):
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(claiming, 15)
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM worker_tasks WHERE task_id = ANY(%s) AND status = 'done'", (ids,))
+        assert (await cur.fetchone())[0] == 9  # type: ignore[index]
