@@ -207,6 +207,37 @@ async def test_two_projectors_share_the_partitions(settings: Settings, start) ->
         await store.close()
 
 
+async def test_a_projector_joining_mid_backlog_takes_partitions_over_and_nothing_is_lost_or_doubled(settings: Settings, start) -> None:  # noqa: ANN001
+    """A rebalance while the first projector has records buffered and batches in flight: its
+    revoked partitions go to the second from the committed offsets, and the rows (and the task
+    counts, kept by difference) come out as one in-order pass would give them."""
+    store = await PostgresEventStore.connect(settings.database_url, max_size=8)
+    try:
+        await write_backlog(store, projects=6, tasks_per_project=250)  # about 3,500 events
+        relay = start("relay", ["relay"], settings)
+        head = await store.head_position()
+        async with asyncio.timeout(60):
+            while await Checkpoints(store.pool).get(settings.relay_checkpoint_name) < head:
+                assert relay.alive(), relay.log_tail()
+                await asyncio.sleep(0.1)
+        small = replace(settings, projector_batch_size=20)
+        first = start("project", ["project"], small)
+        async with asyncio.timeout(60):
+            while True:
+                async with store.pool.connection() as conn:
+                    cur = await conn.execute("SELECT count(*) FROM tasks")
+                    (done,) = await cur.fetchone()
+                assert first.alive(), first.log_tail()
+                if done > 0:
+                    break
+                await asyncio.sleep(0.02)
+        assert done < 1500, "the projector finished before the second joined: make the backlog larger"
+        second = start("project", ["project"], small)
+        await wait_for_fold(store, [relay, first, second])
+    finally:
+        await store.close()
+
+
 async def read_name(client: httpx.AsyncClient, project_id: str, headers: dict[str, str]) -> Any:
     r = await client.get(f"/v1/projects/{project_id}", headers=headers)
     return r.json().get("name") if r.status_code == 200 else None
