@@ -197,11 +197,17 @@ async def test_two_projectors_share_the_partitions(settings: Settings, start) ->
     try:
         children = [start("relay", ["relay"], settings), start("project", ["project"], settings), start("project", ["project"], settings)]
         await wait_until_projecting(settings.database_url, children)
-        await write_backlog(store, projects=8, tasks_per_project=40)
-        await wait_for_fold(store, children)
-        async with store.pool.connection() as conn:
-            cur = await conn.execute("SELECT DISTINCT consumer FROM projection_tracking WHERE projection = 'tasks'")
-            consumers = {row[0] for row in await cur.fetchall()}
+        # The first projection proves one process joined, not both: the second may still be
+        # joining, and one process alone applies a small backlog before the rebalance. So more
+        # is written, a round at a time, until both have applied task partitions.
+        consumers: set[str] = set()
+        async with asyncio.timeout(60):
+            while len(consumers) < 2:
+                await write_backlog(store, projects=8, tasks_per_project=40)
+                await wait_for_fold(store, children)
+                async with store.pool.connection() as conn:
+                    cur = await conn.execute("SELECT DISTINCT consumer FROM projection_tracking WHERE projection = 'tasks'")
+                    consumers = {row[0] for row in await cur.fetchall()}
         assert len(consumers) == 2, consumers  # each process applied some of the task partitions
     finally:
         await store.close()
