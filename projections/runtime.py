@@ -233,9 +233,7 @@ class Projector:
                         moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
                 stored: dict[str, tuple[Any, ...]] = {}
                 if new_rows:
-                    payload = json.dumps(
-                        [{c: r.get(c) for c in model.columns} for r in new_rows], default=views.json_default
-                    )
+                    payload = views.dumps([{c: r.get(c) for c in model.columns} for r in new_rows]).decode()
                     cur = await conn.execute(self._upsert, (payload,))
                     stored = {r[0]: r for r in await cur.fetchall()}
                 # Only the rows really written: one another writer had moved past is left as it is.

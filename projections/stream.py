@@ -19,12 +19,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from mode.services import WaitResults
 
 from opentelemetry.trace import SpanKind
 
@@ -111,8 +112,86 @@ class _PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(aiokafka_driver.Consumer):
+    """faust's consumer, with the records of a projector's topic handed straight to its batches
+    (``feeds``, by topic), not through faust's channel and stream: those cost an event object,
+    a queue, a pass of the event loop and sensor calls per record. A record is tracked as
+    unacknowledged when it is buffered, exactly as faust's stream does, and acknowledged once its
+    batch is committed and the cache refreshed; so a rebalance still waits for every buffered
+    record (``stream_wait_empty``) and faust still commits no offset past an unapplied record.
+    A record fetched before the current generation (a partition since revoked) or while the flow
+    is suspended is not buffered, as faust's stream skips it: the partition's next owner reads it
+    from the committed offset."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.feeds: dict[str, _Batches] = {}
+        deliver = self.callback
+
+        async def on_message(message: Any) -> None:
+            feed = self.feeds.get(message.topic)
+            if feed is None:
+                await deliver(message)
+            else:
+                await feed.put(message)
+
+        self.callback = on_message
+
     def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
         return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
+        """faust hands every fetched record to its streams with ``wait_first(deliver(record),
+        suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, about half the CPU
+        a record costs here. Delivering (into a channel's queue) almost never waits, so the
+        coroutine is first run inline: done without suspending, that is the outcome the race
+        would have had (the flow was not suspended, the consumer neither stopped nor crashed,
+        and nothing else ran meanwhile), without a task. Only one that has to wait (a full
+        queue, a suspended flow) races the events as before, resumed where it stopped."""
+        first = coros[0] if coros else None
+        if (
+            not isinstance(first, Coroutine)
+            or self._stopped.is_set()
+            or self._crashed.is_set()
+            or self.suspend_flow.is_set()
+        ):
+            return await super().wait_first(*coros, timeout=timeout)
+        try:
+            yielded = first.send(None)
+        except StopIteration as done:
+            for other in coros[1:]:
+                if isinstance(other, Coroutine):
+                    other.close()  # never started: closed, so it is not reported as never awaited
+            return WaitResults([first], [done.value], False)
+        return await super().wait_first(_Resumed(first, yielded), *coros[1:], timeout=timeout)
+
+
+class _Resumed:
+    """A coroutine already run to its first suspension (``yielded``), awaitable again: a task
+    awaiting this waits on what the coroutine waits on, then runs it on from there."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self._coro, self._yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self._coro, self._yielded
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the coroutine, as a task would
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    pending = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
 
 
 class _Transport(aiokafka_driver.Transport):
@@ -147,15 +226,20 @@ def build_app(config: StreamConfig, projectors: Mapping[str, Projector]) -> faus
 
 
 def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> None:
-    topic = app.topic(f"{config.topic_prefix}{projector.model.category}", key_type=bytes, value_type=bytes)
+    name = f"{config.topic_prefix}{projector.model.category}"
+    topic = app.topic(name, key_type=bytes, value_type=bytes)
 
     async def project(stream: Any) -> None:
-        manual = stream.noack()
-        batches = _Batches(projector, manual, config.batch_size)
+        # The agent subscribes the topic (consumer-group membership, rebalances); its records
+        # are handed to the batches by the consumer (``_Consumer.feeds``), never to ``stream``.
+        consumer = app.consumer
+        batches = _Batches(projector, consumer, config.batch_size)
+        consumer.feeds[name] = batches
         try:
-            async for event in manual.events():
-                await batches.add(event)
+            await batches.wait()
         finally:
+            if consumer.feeds.get(name) is batches:
+                del consumer.feeds[name]
             await batches.close()
 
     project.__name__ = f"project_{projector.model.name}"
@@ -168,14 +252,16 @@ _LINGER = 0.02  # seconds a catching-up projector waits for its next batch to fi
 
 
 class _Batches:
-    """Group commit of an agent's records. The agent only buffers; one task applies whatever the
-    buffer holds (up to ``size``) as one batch, while the agent keeps buffering the next: a lone
-    record is applied at once, and under load each batch is what arrived during the previous
-    one. The cache refresh of a committed batch runs while the next batch is applied; a batch
-    is acknowledged once both are done, batches in order. A full buffer makes the agent wait."""
+    """Group commit of a topic's records. The consumer only buffers (``put``); one task applies
+    whatever the buffer holds (up to ``size``) as one batch, while the consumer keeps buffering
+    the next: a lone record is applied at once, and under load each batch is what arrived during
+    the previous one. The cache refresh of a committed batch runs while the next batch is
+    applied; a batch is acknowledged once both are done, batches in order. A full buffer makes
+    the consumer wait."""
 
-    def __init__(self, projector: Projector, stream: Any, size: int) -> None:
-        self._projector, self._stream, self._size = projector, stream, max(1, size)
+    def __init__(self, projector: Projector, consumer: Any, size: int) -> None:
+        self._projector, self._consumer, self._size = projector, consumer, max(1, size)
+        self._app = consumer.app
         self._buffer: list[Any] = []
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
@@ -183,21 +269,28 @@ class _Batches:
         self._room.set()
         self._worker = asyncio.create_task(self._run(), name=f"project-{projector.model.name}")
 
-    async def add(self, event: Any) -> None:
-        if self._worker.done():
-            self._worker.result()  # the worker failed: fail the agent with its error
-            raise RuntimeError("the projector's batch task ended")
-        self._buffer.append(event)
-        self._pending.set()
-        if len(self._buffer) >= self._size:
-            self._full.set()
-        if len(self._buffer) >= 2 * self._size:
+    async def put(self, message: Any) -> None:
+        if len(self._buffer) >= 2 * self._size and not self._worker.done():
             self._room.clear()
             room = asyncio.ensure_future(self._room.wait())
             try:
                 await asyncio.wait({room, self._worker}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 room.cancel()
+        app = self._app
+        if self._worker.done() or message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            return  # not buffered, not tracked: read again from the committed offset
+        if not message.tracked:
+            message.tracked = True
+            self._consumer.track_message(message)
+        self._buffer.append(message)
+        self._pending.set()
+        if len(self._buffer) >= self._size:
+            self._full.set()
+
+    async def wait(self) -> None:
+        """Until the batch task ends: raises its error."""
+        await asyncio.shield(self._worker)
 
     async def _run(self) -> None:
         refreshing: asyncio.Task[None] | None = None
@@ -219,10 +312,10 @@ class _Batches:
                     self._pending.clear()
                 if len(self._buffer) < 2 * self._size:
                     self._room.set()
-                outcome = await commit_batch(self._projector, [event.message for event in batch])
+                outcome = await commit_batch(self._projector, batch)
                 if refreshing is not None:
                     await refreshing
-                refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._stream, batch))
+                refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._consumer, batch))
         finally:
             if refreshing is not None and not refreshing.done():
                 await asyncio.shield(refreshing)
@@ -230,11 +323,10 @@ class _Batches:
     def _behind(self, batch: list[Any]) -> int:
         """Records of the log past the batch (fetch high-water marks: right even on tansu)."""
         last: dict[Any, int] = {}
-        for event in batch:
-            message = event.message
+        for message in batch:
             last[message.tp] = max(last.get(message.tp, -1), message.offset)
         try:
-            consumer = self._stream.app.consumer
+            consumer = self._consumer
             return max((consumer.highwater(tp) or 0) - offset - 1 for tp, offset in last.items())
         except Exception:  # noqa: BLE001 - unknown: assume the projector keeps up
             return 0
@@ -245,10 +337,10 @@ class _Batches:
             await self._worker
 
 
-async def _refresh_then_ack(projector: Projector, outcome: Outcome, stream: Any, events: list[Any]) -> None:
+async def _refresh_then_ack(projector: Projector, outcome: Outcome, consumer: Any, messages: list[Any]) -> None:
     await projector.write_through(outcome)
-    for event in events:
-        await stream.ack(event)
+    for message in messages:
+        consumer.ack(message)
 
 
 def topics(config: StreamConfig, projectors: Iterable[Projector]) -> list[str]:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from schemas.tasks import TASK_STATUSES
 
 View = dict[str, Any]
@@ -103,7 +105,12 @@ def etag(model: str, view: Mapping[str, Any]) -> str:
 
 
 def dumps(view: View) -> bytes:
-    return json.dumps(view, separators=(",", ":"), default=json_default).encode()
+    """Compact JSON, by orjson (UUIDs and times as ``json_default`` gives them); what orjson
+    refuses (an integer beyond 64 bits, a key that is not a string) by the standard encoder."""
+    try:
+        return orjson.dumps(view, default=json_default)
+    except TypeError:
+        return json.dumps(view, separators=(",", ":"), default=json_default).encode()
 
 
 def json_default(value: Any) -> Any:

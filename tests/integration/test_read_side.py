@@ -197,12 +197,49 @@ async def test_two_projectors_share_the_partitions(settings: Settings, start) ->
     try:
         children = [start("relay", ["relay"], settings), start("project", ["project"], settings), start("project", ["project"], settings)]
         await wait_until_projecting(settings.database_url, children)
-        await write_backlog(store, projects=8, tasks_per_project=40)
-        await wait_for_fold(store, children)
-        async with store.pool.connection() as conn:
-            cur = await conn.execute("SELECT DISTINCT consumer FROM projection_tracking WHERE projection = 'tasks'")
-            consumers = {row[0] for row in await cur.fetchall()}
+        # The first projection proves one process joined, not both: the second may still be
+        # joining, and one process alone applies a small backlog before the rebalance. So more
+        # is written, a round at a time, until both have applied task partitions.
+        consumers: set[str] = set()
+        async with asyncio.timeout(60):
+            while len(consumers) < 2:
+                await write_backlog(store, projects=8, tasks_per_project=40)
+                await wait_for_fold(store, children)
+                async with store.pool.connection() as conn:
+                    cur = await conn.execute("SELECT DISTINCT consumer FROM projection_tracking WHERE projection = 'tasks'")
+                    consumers = {row[0] for row in await cur.fetchall()}
         assert len(consumers) == 2, consumers  # each process applied some of the task partitions
+    finally:
+        await store.close()
+
+
+async def test_a_projector_joining_mid_backlog_takes_partitions_over_and_nothing_is_lost_or_doubled(settings: Settings, start) -> None:  # noqa: ANN001
+    """A rebalance while the first projector has records buffered and batches in flight: its
+    revoked partitions go to the second from the committed offsets, and the rows (and the task
+    counts, kept by difference) come out as one in-order pass would give them."""
+    store = await PostgresEventStore.connect(settings.database_url, max_size=8)
+    try:
+        await write_backlog(store, projects=6, tasks_per_project=250)  # about 3,500 events
+        relay = start("relay", ["relay"], settings)
+        head = await store.head_position()
+        async with asyncio.timeout(60):
+            while await Checkpoints(store.pool).get(settings.relay_checkpoint_name) < head:
+                assert relay.alive(), relay.log_tail()
+                await asyncio.sleep(0.1)
+        small = replace(settings, projector_batch_size=20)
+        first = start("project", ["project"], small)
+        async with asyncio.timeout(60):
+            while True:
+                async with store.pool.connection() as conn:
+                    cur = await conn.execute("SELECT count(*) FROM tasks")
+                    (done,) = await cur.fetchone()
+                assert first.alive(), first.log_tail()
+                if done > 0:
+                    break
+                await asyncio.sleep(0.02)
+        assert done < 1500, "the projector finished before the second joined: make the backlog larger"
+        second = start("project", ["project"], small)
+        await wait_for_fold(store, [relay, first, second])
     finally:
         await store.close()
 
