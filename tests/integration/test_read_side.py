@@ -162,27 +162,37 @@ async def wait_for_fold(store: PostgresEventStore, children: list[embedded.Serve
             await asyncio.sleep(0.5)
 
 
+async def backlog_on_the_log(store: PostgresEventStore, settings: Settings, start):  # noqa: ANN001, ANN201
+    """About 3,500 events written, and all of them on the log (a relay started), before any projector."""
+    await write_backlog(store, projects=6, tasks_per_project=250)
+    relay = start("relay", ["relay"], settings)
+    head = await store.head_position()
+    async with asyncio.timeout(60):
+        while await Checkpoints(store.pool).get(settings.relay_checkpoint_name) < head:
+            assert relay.alive(), relay.log_tail()
+            await asyncio.sleep(0.1)
+    return relay
+
+
+async def first_rows(store: PostgresEventStore, projector) -> int:  # noqa: ANN001
+    """The number of task rows once ``projector`` has written some."""
+    async with asyncio.timeout(60):
+        while True:
+            async with store.pool.connection() as conn:
+                cur = await conn.execute("SELECT count(*) FROM tasks")
+                (done,) = await cur.fetchone()
+            assert projector.alive(), projector.log_tail()
+            if done > 0:
+                return done
+            await asyncio.sleep(0.02)
+
+
 async def test_a_projector_killed_mid_backlog_resumes_and_loses_or_doubles_nothing(settings: Settings, start) -> None:  # noqa: ANN001
     store = await PostgresEventStore.connect(settings.database_url, max_size=8)
     try:
-        await write_backlog(store, projects=6, tasks_per_project=250)  # about 3,500 events
-        relay = start("relay", ["relay"], settings)
-        head = await store.head_position()
-        async with asyncio.timeout(60):  # the whole backlog is on the log before the projector starts
-            while await Checkpoints(store.pool).get(settings.relay_checkpoint_name) < head:
-                assert relay.alive(), relay.log_tail()
-                await asyncio.sleep(0.1)
-        small = replace(settings, projector_batch_size=50)
-        first = start("project", ["project"], small)
-        async with asyncio.timeout(60):
-            while True:
-                async with store.pool.connection() as conn:
-                    cur = await conn.execute("SELECT count(*) FROM tasks")
-                    (done,) = await cur.fetchone()
-                assert first.alive(), first.log_tail()
-                if done > 0:
-                    break
-                await asyncio.sleep(0.02)
+        relay = await backlog_on_the_log(store, settings, start)
+        first = start("project", ["project"], replace(settings, projector_batch_size=50))
+        done = await first_rows(store, first)
         os.killpg(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
         assert done < 1500, "the projector finished before it could be killed: make the backlog larger"
@@ -219,24 +229,10 @@ async def test_a_projector_joining_mid_backlog_takes_partitions_over_and_nothing
     counts, kept by difference) come out as one in-order pass would give them."""
     store = await PostgresEventStore.connect(settings.database_url, max_size=8)
     try:
-        await write_backlog(store, projects=6, tasks_per_project=250)  # about 3,500 events
-        relay = start("relay", ["relay"], settings)
-        head = await store.head_position()
-        async with asyncio.timeout(60):
-            while await Checkpoints(store.pool).get(settings.relay_checkpoint_name) < head:
-                assert relay.alive(), relay.log_tail()
-                await asyncio.sleep(0.1)
+        relay = await backlog_on_the_log(store, settings, start)
         small = replace(settings, projector_batch_size=20)
         first = start("project", ["project"], small)
-        async with asyncio.timeout(60):
-            while True:
-                async with store.pool.connection() as conn:
-                    cur = await conn.execute("SELECT count(*) FROM tasks")
-                    (done,) = await cur.fetchone()
-                assert first.alive(), first.log_tail()
-                if done > 0:
-                    break
-                await asyncio.sleep(0.02)
+        done = await first_rows(store, first)
         assert done < 1500, "the projector finished before the second joined: make the backlog larger"
         second = start("project", ["project"], small)
         await wait_for_fold(store, [relay, first, second])
