@@ -98,7 +98,13 @@ class Invalidations:
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
+        me = asyncio.current_task()
         while True:
+            # A cancel that a library swallowed (seen: the gateway's shutdown waited for ever on
+            # this task, "cancelling" yet back in its heartbeat wait) still ends the task.
+            if me is not None and me.cancelling():
+                self._down()
+                raise asyncio.CancelledError
             try:
                 await self._session()
             except asyncio.CancelledError:
@@ -135,11 +141,16 @@ class Invalidations:
             log.info("near-cache: tracking %s* through client %d", PREFIX, client_id)
             listener = asyncio.create_task(self._listen(subscriber))
             try:
-                while not listener.done():
+                current = asyncio.current_task()
+                while not listener.done() and not (current is not None and current.cancelling()):
                     await control.send_command("PING")
-                    await asyncio.wait_for(control.read_response(), 2)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+                    # that lands as the answer arrives
+                    async with asyncio.timeout(2):
+                        await control.read_response()
                     await asyncio.wait({listener}, timeout=self._heartbeat)
-                listener.result()
+                if listener.done():
+                    listener.result()
             finally:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
