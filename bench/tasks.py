@@ -50,6 +50,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 TASKS = int(os.environ.get("BENCH_TASKS", 2000))
 RATE = float(os.environ.get("BENCH_RATE", 200))
@@ -302,7 +303,7 @@ def cpu_seconds(pid: int) -> float:
 
 def main() -> int:
     from taskstream import embedded
-    from taskstream.migrate import upgrade
+    from _servers import servers
 
     folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-tasks-"))
     started: list[embedded.ServerProcess] = []
@@ -312,18 +313,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
-        started.append(pg)
-        valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
-        started.append(valkey)
-        tansu = embedded.start_tansu(folder / "tansu", embedded.free_port())
-        started.append(tansu)
-        upgrade(pg.url)
+        database_url, redis_url, kafka = servers(folder, started)  # embedded, or the environment's URLs
         http_port = embedded.free_port()
-        redis_base = valkey.url.rsplit("/", 1)[0] if valkey.url.count("/") > 2 else valkey.url
+        redis_base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
         env = {
-            **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": pg.url, "REDIS_URL": valkey.url,
-            "KAFKA_BOOTSTRAP_SERVERS": tansu.url, "JWT_SECRET": secrets.token_urlsafe(48), "TASKSTREAM_DEV_MODE": "1",
+            **os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka, "JWT_SECRET": secrets.token_urlsafe(48), "TASKSTREAM_DEV_MODE": "1",
             "HTTP_PORT": str(http_port), "BLOB_DIR": str(folder / "blobs"), "WORKER_METRICS_PORT": "0",
             "WORKER_SESSION_TIMEOUT_MS": "2000", "PROJECTOR_SESSION_TIMEOUT": "3", "METRICS_PORT": "0",
             "RATE_LIMIT_WRITE_PER_MINUTE": "0", "RATE_LIMIT_READ_PER_MINUTE": "0",  # a bench is one principal
@@ -342,7 +337,7 @@ def main() -> int:
         pids = {s.name: s.process.pid for s in started}
         before = {n: cpu_seconds(p) for n, p in pids.items()}
         began = time.monotonic()
-        ours = asyncio.run(run_ours(url, headers, pg.url))
+        ours = asyncio.run(run_ours(url, headers, database_url))
         elapsed = time.monotonic() - began
         ours["cpu_cores"] = {n: round((cpu_seconds(p) - before[n]) / elapsed, 2) for n, p in pids.items() if not n.startswith("celery")}
         before = {n: cpu_seconds(p) for n, p in pids.items()}
