@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from event_store.postgres import _COLUMNS, PostgresEventStore
+from event_store.postgres import PostgresEventStore
 from schemas.envelope import RecordedEvent
 
 
@@ -38,8 +38,8 @@ class LogFilter:
     before_time: datetime | None = None  # exclusive
 
 
-def log_query(where: LogFilter, limit: int) -> tuple[str, list[Any]]:
-    """The SQL and parameters of one page (pure, so its shape can be unit-tested)."""
+def log_conditions(where: LogFilter) -> tuple[list[str], list[Any]]:
+    """The SQL conditions of a page and their parameters (pure, so its shape can be unit-tested)."""
     conditions = ["global_position > %s", "category = ANY(%s)"]
     params: list[Any] = [where.after_position, list(where.categories)]
     if where.stream is not None:
@@ -60,17 +60,15 @@ def log_query(where: LogFilter, limit: int) -> tuple[str, list[Any]]:
     if where.before_time is not None:
         conditions.append("recorded_at < %s")
         params.append(where.before_time)
-    query = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions)} ORDER BY global_position LIMIT %s"
-    params.append(limit)
-    return query, params
+    return conditions, params
 
 
 async def read_log(store: PostgresEventStore, where: LogFilter, limit: int) -> list[RecordedEvent]:
     """Up to ``limit`` events matching ``where``, in global order."""
     if not where.categories:
         return []
-    query, params = log_query(where, limit)
-    return await store._fetch(query, params)
+    conditions, params = log_conditions(where)
+    return await store.read_where(conditions, params, limit=limit)
 
 
 async def read_stream_page(store: PostgresEventStore, stream: str, after_version: int, limit: int) -> list[RecordedEvent]:
@@ -85,12 +83,11 @@ async def read_streams_until(
     by stream then version: the streams as they were then."""
     if not streams:
         return []
-    query = f"SELECT {_COLUMNS} FROM events WHERE stream_id = ANY(%s)"
-    params: list[Any] = [list(streams)]
+    conditions, params = ["stream_id = ANY(%s)"], [list(streams)]
     if position is not None:
-        query += " AND global_position <= %s"
+        conditions.append("global_position <= %s")
         params.append(position)
     if time is not None:
-        query += " AND recorded_at <= %s"
+        conditions.append("recorded_at <= %s")
         params.append(time)
-    return await store._fetch(query + " ORDER BY stream_id, version", params)
+    return await store.read_where(conditions, params, order_by="stream_id, version")

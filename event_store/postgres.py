@@ -363,6 +363,18 @@ class PostgresEventStore:
         rows = await self._fetch_raw("SELECT COALESCE(max(global_position), 0) FROM events", [])
         return int(rows[0][0])
 
+    async def read_where(
+        self, conditions: Sequence[str], params: Sequence[Any], *, order_by: str = "global_position", limit: int | None = None
+    ) -> list[RecordedEvent]:
+        """Events meeting every one of ``conditions`` (SQL of this codebase, never a caller's
+        text: values go in ``params`` through ``%s``), in ``order_by`` order, at most ``limit``."""
+        query = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions) or 'true'} ORDER BY {order_by}"
+        values = list(params)
+        if limit is not None:
+            query += " LIMIT %s"
+            values.append(limit)
+        return await self._fetch(query, values)
+
     async def _fetch(self, query: str, params: list[Any]) -> list[RecordedEvent]:
         return [_row_to_event(row) for row in await self._fetch_raw(query, params)]
 

@@ -28,11 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import psycopg
-from psycopg.rows import tuple_row
-
-from event_store.errors import StoreUnavailable
-from event_store.postgres import _COLUMNS, PostgresEventStore, _row_to_event
+from event_store.postgres import PostgresEventStore
 from schemas.envelope import RecordedEvent
 
 log = logging.getLogger("taskstream.tail")
@@ -56,26 +52,17 @@ async def read_matching(
     """Events matching ``where`` with ``after < global_position <= through`` (no upper bound if
     ``through`` is None), in global order, at most ``limit``. Reading up to a position already
     seen by a gap-free reader (or the head read before) sees every event there will ever be."""
-    query = f"SELECT {_COLUMNS} FROM events WHERE global_position > %s"
-    params: list[Any] = [after]
+    conditions, params = ["global_position > %s"], [after]
     if through is not None:
-        query += " AND global_position <= %s"
+        conditions.append("global_position <= %s")
         params.append(through)
     if where.categories is not None:
-        query += " AND category = ANY(%s)"
+        conditions.append("category = ANY(%s)")
         params.append(sorted(where.categories))
     if where.types is not None:
-        query += " AND type = ANY(%s)"
+        conditions.append("type = ANY(%s)")
         params.append(sorted(where.types))
-    query += " ORDER BY global_position LIMIT %s"
-    params.append(limit)
-    try:
-        async with store.pool.connection() as conn:
-            cur = conn.cursor(row_factory=tuple_row)
-            await cur.execute(query, params)  # type: ignore[arg-type]
-            return [_row_to_event(row) for row in await cur.fetchall()]
-    except psycopg.Error as exc:
-        raise StoreUnavailable(f"the event store failed: {type(exc).__name__}") from exc
+    return await store.read_where(conditions, params, limit=limit)
 
 
 class Closed(Exception):
