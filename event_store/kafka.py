@@ -213,8 +213,8 @@ async def ensure_topics(bootstrap_servers: str, topics: Iterable[str], settings:
     if not wanted:
         return created
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="taskstream-admin")
-    await admin.start()
     try:
+        await admin.start()
         response = await admin.create_topics(
             [
                 NewTopic(
@@ -261,8 +261,8 @@ async def end_offsets(bootstrap_servers: str, partitions: Iterable[tuple[str, in
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, client_id="taskstream-check", enable_auto_commit=False)
     _never_create_topics(consumer._client)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a start that fails (broker down) or is cancelled still stops it
         found = await consumer.end_offsets(wanted)
     finally:
         await consumer.stop()

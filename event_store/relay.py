@@ -199,12 +199,14 @@ class Relay:
         while not stop.is_set():
             worker = asyncio.create_task(self._attempt())
             stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (worker, stopper):
-                if task not in done:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            try:
+                done, _ = await asyncio.wait({worker, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when run() itself is cancelled: the attempt closes its producer
+                for task in (worker, stopper):
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
             if worker in done and (exc := worker.exception()) is not None:
                 if isinstance(exc, LogLost):
                     await self._restart_log(str(exc))
@@ -244,10 +246,12 @@ class Relay:
             for task in done:
                 task.result()  # raises what stopped it
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await writer.close()
+            try:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:  # a second cancel during the gather still closes the producer
+                await writer.close()
 
     async def _publish_from(self, writer: LogWriter, position: int) -> None:
         subscription = self._store.subscribe(position, self._config.batch_size, poll_interval=self._config.poll_interval)

@@ -27,9 +27,12 @@ from schemas.envelope import ANY, CATEGORIES, NewEvent
 
 
 class StandInBroker:
-    """Partitions as lists of values; sends fail with probability ``failure_rate``."""
+    """Partitions as lists of values; sends fail with probability ``failure_rate``, and a send
+    after ``fail_after`` successes in a row fails whatever the draw: a run surely meets failures
+    (how many sends it makes depends on how its concurrent writes interleaved), and as long as
+    ``fail_after`` exceeds the sends of one relay batch, every retry can get through."""
 
-    def __init__(self, failure_rate: float = 0.0, seed: int = 0, partitions: int = 4) -> None:
+    def __init__(self, failure_rate: float = 0.0, seed: int = 0, partitions: int = 4, fail_after: int = 0) -> None:
         self.logs: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         self.topics: set[str] = set()
         self.failure_rate = failure_rate
@@ -39,6 +42,8 @@ class StandInBroker:
         self.max_in_flight = 0
         self.failures = 0
         self.writers = 0
+        self.successes_in_a_row = 0
+        self.fail_after = fail_after
 
     async def connect(self) -> StandInWriter:
         self.writers += 1
@@ -84,15 +89,18 @@ class StandInWriter:
             await asyncio.sleep(broker.rng.random() * 0.002)
             if self.closed:
                 raise ConnectionError("this producer was closed")
-            if broker.in_flight[(self.id, tp)] > 1 or broker.rng.random() < broker.failure_rate:
+            forced = 0 < broker.fail_after <= broker.successes_in_a_row
+            if broker.in_flight[(self.id, tp)] > 1 or broker.rng.random() < broker.failure_rate or forced:
                 # Two batches queued for one partition: the older one expires (as aiokafka's do).
                 broker.failures += 1
+                broker.successes_in_a_row = 0
                 raise ConnectionError("the partition's leader is not available")
             if topic not in broker.topics:
                 raise ConnectionError(f"unknown topic {topic}")
             log = broker.logs[tp]
             first = len(log)
             log.extend(r.value for r in records)
+            broker.successes_in_a_row += 1
             return first
         finally:
             broker.in_flight[(self.id, tp)] -= 1
@@ -144,11 +152,11 @@ async def write_streams(store: PostgresEventStore, streams: list[str], rounds: i
 
 async def test_under_send_failures_every_stream_stays_in_order_and_nothing_is_lost(store: PostgresEventStore, unique: str) -> None:
     name = f"relay-flaky-{unique}"
-    broker = StandInBroker(failure_rate=0.15, seed=7)
+    broker = StandInBroker(failure_rate=0.15, seed=7, fail_after=5)  # a batch makes at most 4 sends (partitions)
     config = RelayConfig(topic_prefix=f"f{unique}.", checkpoint_name=name, batch_size=37, poll_interval=0.2, retry_backoff=0.01)
     start = await store.head_position()
     streams = [f"task-{uuid.uuid4()}" for _ in range(24)]
-    versions = await write_streams(store, streams, rounds=5)
+    versions = await write_streams(store, streams, rounds=12)
     mine = {e.global_position for s in streams for e in await store.read_stream(s)}
     moves: list[int] = []
 
