@@ -124,8 +124,10 @@ class Edge:
                 responded = True
                 status = message["status"]
                 headers = [*message.get("headers", ()), id_header]
-                if any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers):
-                    streamed_at = time.perf_counter()
+                for k, v in headers:
+                    if k == b"content-type" and v.startswith(b"text/event-stream"):
+                        streamed_at = time.perf_counter()
+                        break
                 decisions: Sequence[Decision] = state.get(STATE_KEY) or ()
                 if decisions:
                     headers.append((b"ratelimit-policy", ", ".join(d.policy.field for d in decisions).encode()))

@@ -45,6 +45,7 @@ Lane = Callable[[Scope, Send], Awaitable[bool]]  # True: answered
 
 _CACHE_CONTROL = (b"cache-control", b"private, no-cache")
 _JSON = (b"content-type", b"application/json")
+_ACTORS = 4096
 
 
 class HotRoute(Route):
@@ -68,10 +69,16 @@ class HotReads:
         self._deps = deps
         self._reads: Reads | None = deps.reads
         self._limited = deps.limits is not None and "read" in deps.limits.policies
+        self._actors: dict[tuple[str, str], Actor] = {}  # callers as stored, made once
         self.lanes: dict[str, Lane] = {"/v1/tasks/{task_id}": self.task, "/v1/projects/{project_id}": self.project}
 
     async def task(self, scope: Scope, send: Send) -> bool:
-        caller = await self._caller(scope)
+        subject = self._subject(scope)
+        if subject is None:
+            return False
+        if self._limited:
+            await self._admit(scope, subject)
+        caller = self._caller(subject)
         if caller is None:
             return False
         reads, near = caller[1], caller[1].near
@@ -84,7 +91,12 @@ class HotReads:
         return await _send(scope, send, reads, "tasks", task, ("tasks", "projects"), hits=3)
 
     async def project(self, scope: Scope, send: Send) -> bool:
-        caller = await self._caller(scope)
+        subject = self._subject(scope)
+        if subject is None:
+            return False
+        if self._limited:
+            await self._admit(scope, subject)
+        caller = self._caller(subject)
         if caller is None:
             return False
         reads, near = caller[1], caller[1].near
@@ -93,10 +105,30 @@ class HotReads:
             return False
         return await _send(scope, send, reads, "projects", project, ("projects", "tasks"), hits=2)
 
-    async def _caller(self, scope: Scope) -> tuple[Actor, Reads] | None:
-        """The caller as stored (``gateway.reads._caller``), once the request is admitted; None
-        when the route must decide. Near-cache keys are made from canonical UUIDs only, so a hit
-        on the raw subject or path parameter means the route would have looked up that key."""
+    async def _admit(self, scope: Scope, subject: str) -> None:
+        assert self._deps.limits is not None
+        await self._deps.limits.admit_subject(scope, "read", subject)  # RateLimited: the edge answers 429
+
+    def _caller(self, subject: str) -> tuple[Actor, Reads] | None:
+        """The caller as stored (``gateway.reads._caller``); None when the route must decide.
+        Near-cache keys are made from canonical UUIDs only, so a hit on the raw subject (or path
+        parameter) means the route would have looked up that very key."""
+        reads = self._reads
+        assert reads is not None and reads.near is not None
+        user = reads.near.get(f"{PREFIX}users:{subject}")
+        if user is None or not user.view["active"]:
+            return None
+        role = user.view["role"]
+        actor = self._actors.get((subject, role))
+        if actor is None:
+            if len(self._actors) >= _ACTORS:
+                self._actors.clear()
+            actor = self._actors[(subject, role)] = Actor(subject, role)
+        return actor, reads
+
+    def _subject(self, scope: Scope) -> str | None:
+        """The subject of the request's bearer token when the verifier has it cached and the
+        lane may go on (no query string, not an analyst); None when the route must decide."""
         reads = self._reads
         if reads is None or reads.near is None or scope["query_string"]:
             return None
@@ -114,14 +146,7 @@ class HotReads:
         principal = self._deps.verifier.cached(token)
         if principal is None or principal.role == "analyst":  # gateway.analysts refuses it
             return None
-        if self._limited:
-            assert self._deps.limits is not None
-            await self._deps.limits.admit_subject(scope, "read", principal.subject)  # RateLimited: the edge answers 429
-        user = reads.near.get(f"{PREFIX}users:{principal.subject}")
-        if user is None or not user.view["active"]:
-            return None
-        role = user.view["role"]
-        return Actor(principal.subject, role), reads
+        return principal.subject
 
 
 async def _send(scope: Scope, send: Send, reads: Reads, model: str, entry: Entry, lag_models: tuple[str, ...], *, hits: int) -> bool:
