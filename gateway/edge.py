@@ -18,8 +18,9 @@
   Errors after the answer started are re-raised: nothing can be sent then.
 
 Per request it allocates one closure and a few small objects; metric children are looked up
-once per label set. ``IndexedRouter`` tries only the routes whose literal prefix can match the
-path, in their table order, so the first match is the one Starlette's router would pick.
+once per label set. ``IndexedRouter`` tries only the routes whose literal prefix and number of
+"/" can match the path, in their table order, so the first match is the one Starlette's router
+would pick.
 """
 
 from __future__ import annotations
@@ -196,8 +197,9 @@ class Edge:
 
 class IndexedRouter(Router):
     """Starlette's router, trying for each path only the routes whose literal prefix (the part
-    of the template before its first parameter) the path starts with, in table order. A route
-    that cannot match is never asked, so the first full (or partial) match is the same."""
+    of the template before its first parameter) the path starts with and whose template has as
+    many "/" as the path (unless a parameter may hold "/"), in table order. A route that cannot
+    match is never asked, so the first full (or partial) match is the same."""
 
     _CACHED_KEYS = 1024
 
