@@ -16,8 +16,11 @@ figures are medians over the repeats. Any non-200 answer counts as an error and 
 run. The load generator shares the 2 cores with the servers (see bench/http_write.py).
 
 Prints one JSON line: requests/s, p50 and p99 for both, ratio = gateway rps / plain rps, goal
-ratio >= 1.5 (the near-cache answers without a network round trip), and the gateway's cache
-counters (near-cache hits must dominate).
+ratio >= 1.5 (the near-cache answers without a network round trip), the gateway's cache
+counters (near-cache hits must dominate), and CPU: cores used by the load generator and by each
+server (its process tree; the plain app's Redis is not in it), and the same as µs per request
+(median over the repeats of each run's CPU / requests), the figure least moved by other work on
+the machine.
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ async def load(url: str, headers: dict[str, str], server_pid: int) -> dict[str, 
         "errors": sum(n for k, n in statuses.items() if k != "200"),
         "statuses": statuses,
         "cpu": {"load_generator": (cpu_after[0] - cpu_before[0]) / elapsed, "app_server": (cpu_after[1] - cpu_before[1]) / elapsed},
+        "cpu_us": {"load_generator": (cpu_after[0] - cpu_before[0]) / max(1, len(latencies)) * 1e6,
+                   "app_server": (cpu_after[1] - cpu_before[1]) / max(1, len(latencies)) * 1e6},
     }
 
 
@@ -220,6 +225,8 @@ def main() -> int:
         "gateway_cache_requests": counters,
         "gateway_cpu_cores": {k: round(statistics.median(r["cpu"][k] for r in gateway_runs), 2) for k in ("load_generator", "app_server")},
         "plain_cpu_cores": {k: round(statistics.median(r["cpu"][k] for r in plain_runs), 2) for k in ("load_generator", "app_server")},
+        "gateway_cpu_us_per_request": {k: round(statistics.median(r["cpu_us"][k] for r in gateway_runs), 1) for k in ("load_generator", "app_server")},
+        "plain_cpu_us_per_request": {k: round(statistics.median(r["cpu_us"][k] for r in plain_runs), 1) for k in ("load_generator", "app_server")},
         "errors": errors,
         "connections": CONNECTIONS,
         "seconds": SECONDS,

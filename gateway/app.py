@@ -22,6 +22,7 @@ from gateway.openapi import openapi_document
 from event_store.errors import StoreUnavailable
 from gateway.edge import Edge, IndexedRouter
 from gateway.problems import current_trace_id, exception_handlers, problem
+from gateway.hotreads import HotReads, HotRoute
 from gateway.reads import READ_ENDPOINTS
 from gateway.analysts import refuse_analysts  # issue 8: analysts read event streams only
 from gateway.audit import with_audit  # issue 8: time travel, audit log, schemas
@@ -60,10 +61,13 @@ def _routes(endpoints: Sequence[Endpoint], deps: Deps, timeout: float | None = N
     # /v1/users/{user_id}); a literal path takes every method and answers 405 for the ones it
     # lacks itself, so that PATCH /v1/users/me is not taken for a user whose id is "me".
     ordered = sorted(by_path, key=lambda path: "{" in path)
-    return [
-        Route(path, _dispatch(by_path[path], deps, timeout), methods=_EVERY_METHOD if "{" not in path else list(by_path[path]))
-        for path in ordered
-    ]
+    lanes = HotReads(deps).lanes if deps.reads is not None else {}  # reads by id from the near-cache
+    routes: list[Route] = []
+    for path in ordered:
+        handle, methods = _dispatch(by_path[path], deps, timeout), _EVERY_METHOD if "{" not in path else list(by_path[path])
+        lane = lanes.get(path) if "GET" in by_path[path] else None
+        routes.append(HotRoute(path, handle, methods=methods, lane=lane) if lane is not None else Route(path, handle, methods=methods))
+    return routes
 
 
 _EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]

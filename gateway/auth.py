@@ -261,6 +261,14 @@ class TokenVerifier:
         # check. An entry is only used inside the token's own validity window.
         self._verified: OrderedDict[str, tuple[Principal, float, float]] = OrderedDict()
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before, while inside its validity window; None
+        otherwise (``verify`` decides then). Costs a dictionary lookup and a clock read."""
+        hit = self._verified.get(token)
+        if hit is not None and hit[1] <= self._clock() < hit[2]:
+            return hit[0]
+        return None
+
     async def verify(self, token: str) -> Principal:
         hit = self._verified.get(token)
         if hit is not None:

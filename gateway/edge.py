@@ -18,8 +18,9 @@
   Errors after the answer started are re-raised: nothing can be sent then.
 
 Per request it allocates one closure and a few small objects; metric children are looked up
-once per label set. ``IndexedRouter`` tries only the routes whose literal prefix can match the
-path, in their table order, so the first match is the one Starlette's router would pick.
+once per label set. ``IndexedRouter`` tries only the routes whose literal prefix and number of
+"/" can match the path, in their table order, so the first match is the one Starlette's router
+would pick.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
+from starlette.convertors import FloatConvertor, IntegerConvertor, StringConvertor, UUIDConvertor
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -123,8 +125,10 @@ class Edge:
                 responded = True
                 status = message["status"]
                 headers = [*message.get("headers", ()), id_header]
-                if any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers):
-                    streamed_at = time.perf_counter()
+                for k, v in headers:
+                    if k == b"content-type" and v.startswith(b"text/event-stream"):
+                        streamed_at = time.perf_counter()
+                        break
                 decisions: Sequence[Decision] = state.get(STATE_KEY) or ()
                 if decisions:
                     headers.append((b"ratelimit-policy", ", ".join(d.policy.field for d in decisions).encode()))
@@ -193,33 +197,37 @@ class Edge:
 
 class IndexedRouter(Router):
     """Starlette's router, trying for each path only the routes whose literal prefix (the part
-    of the template before its first parameter) the path starts with, in table order. A route
-    that cannot match is never asked, so the first full (or partial) match is the same."""
+    of the template before its first parameter) the path starts with and whose template has as
+    many "/" as the path (unless a parameter may hold "/"), in table order. A route that cannot
+    match is never asked, so the first full (or partial) match is the same."""
 
     _CACHED_KEYS = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._indexed: tuple[tuple[int, int], list[tuple[str, BaseRoute]]] | None = None
-        self._candidates: dict[str, list[BaseRoute]] = {}
+        self._indexed: tuple[tuple[int, int], list[tuple[str, int | None, BaseRoute]]] | None = None
+        self._candidates: dict[tuple[str, int], list[BaseRoute]] = {}
 
-    def _literals(self) -> list[tuple[str, BaseRoute]]:
+    def _literals(self) -> list[tuple[str, int | None, BaseRoute]]:
         if self._indexed is None or self._indexed[0] != (id(self.routes), len(self.routes)):
-            literals = [(r.path.split("{", 1)[0] if isinstance(r, Route) else "", r) for r in self.routes]
+            literals = [(r.path.split("{", 1)[0], _slashes(r), r) if isinstance(r, Route) else ("", None, r) for r in self.routes]
             self._indexed = ((id(self.routes), len(self.routes)), literals)
             self._candidates = {}
         return self._indexed[1]
 
     def _for(self, path: str) -> list[BaseRoute]:
         literals = self._literals()
-        # The key: the path up to its third "/" (e.g. "/v1/tasks/"). Every path with this key
-        # starts with it, so a route whose literal is neither a prefix of the key nor starts
-        # with it can match none of them.
+        # The key: the path up to its third "/" (e.g. "/v1/tasks/"), and how many "/" it has.
+        # Every path with this key starts with it, so a route whose literal is neither a prefix
+        # of the key nor starts with it can match none of them; nor can a route whose template
+        # matches only paths with another number of "/".
         cut = path.find("/", path.find("/", 1) + 1)
-        key = path if cut < 0 else path[: cut + 1]
+        key = (path if cut < 0 else path[: cut + 1], path.count("/"))
         found = self._candidates.get(key)
         if found is None:
-            found = [r for literal, r in literals if literal.startswith(key) or key.startswith(literal)]
+            prefix, slashes = key
+            found = [r for literal, n, r in literals
+                     if (literal.startswith(prefix) or prefix.startswith(literal)) and (n is None or n == slashes)]  # fmt: skip
             if len(self._candidates) < self._CACHED_KEYS:
                 self._candidates[key] = found
         return found
@@ -246,3 +254,14 @@ class IndexedRouter(Router):
             await partial.handle(scope, receive, send)
             return
         await super().app(scope, receive, send)  # no route: Starlette's slash redirect, then 404
+
+
+_NO_SLASH = (StringConvertor, IntegerConvertor, FloatConvertor, UUIDConvertor)  # their patterns hold no "/"
+
+
+def _slashes(route: Route) -> int | None:
+    """How many "/" every path that ``route`` matches has (its template's), or None when a
+    parameter may hold "/" itself (``{name:path}``, or a convertor of unknown pattern)."""
+    if all(type(c) in _NO_SLASH for c in route.param_convertors.values()):
+        return route.path.count("/")
+    return None

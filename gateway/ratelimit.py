@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from redis.exceptions import NoScriptError
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.auth import AuthError, SigningKeysUnavailable, TokenVerifier, bearer_principal
 
@@ -42,6 +43,7 @@ log = logging.getLogger("taskstream.gateway")
 
 FailureMode = Literal["open", "closed"]
 STATE_KEY = "rate_limits"  # scope["state"]: the decisions of this request (gateway.edge adds the headers)
+ADMITTED_KEY = "rate_limit_admitted"  # scope["state"]: counted already (gateway.hotreads), not again
 
 # GCRA. KEYS[1]: the caller's key. ARGV: emission interval and tolerance (the window), in ms.
 # Returns {allowed, remaining, reset_ms (until the whole quota is back), retry_after_ms}.
@@ -184,20 +186,28 @@ class RateLimits:
     policies: dict[str, Policy]
 
     async def admit(self, request: Request, route_class: str, verifier: TokenVerifier | None = None) -> None:
-        """Count this request in its route class, keyed by principal (or address)."""
+        """Count this request in its route class, keyed by principal (or address); once."""
+        policy = self.policies.get(route_class)
+        if policy is not None and not request.scope.get("state", {}).get(ADMITTED_KEY):
+            who = await principal_key(request, verifier) if verifier is not None else address_key(request)
+            await self._check(request.scope, policy, who)
+
+    async def admit_subject(self, scope: Scope, route_class: str, subject: str) -> None:
+        """``admit`` for a request whose bearer token is known to verify to ``subject`` (the key
+        ``principal_key`` gives it); the request is then not counted again on its route."""
         policy = self.policies.get(route_class)
         if policy is not None:
-            who = await principal_key(request, verifier) if verifier is not None else address_key(request)
-            await self._check(request, policy, who)
+            await self._check(scope, policy, f"user:{subject}")
+            scope["state"][ADMITTED_KEY] = True
 
     async def admit_login(self, request: Request, email: str) -> None:
         """The per-account login limit, beside the per-address one (a slow guess spread over addresses)."""
         policy = self.policies.get("login-account")
         if policy is not None:
-            await self._check(request, policy, "account:" + hashlib.sha256(email.encode()).hexdigest()[:32])
+            await self._check(request.scope, policy, "account:" + hashlib.sha256(email.encode()).hexdigest()[:32])
 
-    async def _check(self, request: Request, policy: Policy, who: str) -> None:
-        decisions: list[Decision] = request.scope.setdefault("state", {}).setdefault(STATE_KEY, [])
+    async def _check(self, scope: Scope, policy: Policy, who: str) -> None:
+        decisions: list[Decision] = scope.setdefault("state", {}).setdefault(STATE_KEY, [])
         try:
             decision = await self.limiter.check(policy, who)
         except RateLimited as refused:

@@ -41,6 +41,7 @@ class Entry:
     revision: int
     body: bytes
     view: dict[str, Any]
+    etag: str = ""  # views.etag of the view, made once per entry ("" : not made, compute it)
 
 
 class Reads:
@@ -68,6 +69,7 @@ class Reads:
             "taskstream_cache_requests", "Reads by id, by where they were answered", ["result"], registry=registry
         )
         self._near_hits = self.requests.labels("near_hit")  # the hot path: one child, looked up once
+        self._lag_fields: dict[tuple[str, ...], tuple[dict[str, Lag], list[tuple[bytes, bytes]]]] = {}
 
     # --- by id -----------------------------------------------------------------------------
 
@@ -89,7 +91,8 @@ class Reads:
             try:
                 got = await self.cache.get(key)
                 if got is not None:
-                    found = Entry(got[0], got[1], json.loads(got[1]))
+                    view = json.loads(got[1])
+                    found = Entry(got[0], got[1], view, views.etag(model, view))
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
             finally:
@@ -116,7 +119,7 @@ class Reads:
             if row is None:
                 return None
             view = views.VIEWS[model](row)
-            entry = Entry(views.revision(model, row), views.dumps(view), view)
+            entry = Entry(views.revision(model, row), views.dumps(view), view, views.etag(model, view))
             if self._redis_usable():
                 assert self.cache is not None
                 try:
@@ -184,11 +187,37 @@ class Reads:
 
     async def lag(self, models: tuple[str, ...]) -> tuple[int, float] | None:
         """(events, seconds) the slowest of ``models`` may be behind; refreshed every second."""
-        if self._lag_task is None or self._lag_task.done():
-            self._lag_task = asyncio.create_task(self._refresh_lag(), name="read-model-lag")
+        self._measure_lag()
         if not self._lag:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._first_lag()), 1.0)
+        return self._known_lag(models)
+
+    def lag_fields(self, models: tuple[str, ...]) -> list[tuple[bytes, bytes]] | None:
+        """``Read-Model-Lag-Events`` / ``-Seconds`` as encoded header fields (none when no model
+        of ``models`` has figures), made once per measurement; None before the first measurement,
+        which only ``lag`` waits for."""
+        self._measure_lag()
+        current = self._lag
+        if not current:
+            return None
+        made = self._lag_fields.get(models)
+        if made is not None and made[0] is current:
+            return made[1]
+        lag = self._known_lag(models)
+        fields = [] if lag is None else [(b"read-model-lag-events", str(lag[0]).encode()),
+                                         (b"read-model-lag-seconds", f"{lag[1]:.3f}".encode())]  # fmt: skip
+        self._lag_fields[models] = (current, fields)
+        return fields
+
+    def count_near_hits(self, n: int) -> None:
+        self._near_hits.inc(n)
+
+    def _measure_lag(self) -> None:
+        if self._lag_task is None or self._lag_task.done():
+            self._lag_task = asyncio.create_task(self._refresh_lag(), name="read-model-lag")
+
+    def _known_lag(self, models: tuple[str, ...]) -> tuple[int, float] | None:
         known = [self._lag[m] for m in models if m in self._lag]
         if not known:
             return None

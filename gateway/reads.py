@@ -94,7 +94,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 def _answer(request: Request, model: str, entry: Entry, headers: dict[str, str]) -> Response:
-    etag = views.etag(model, entry.view)
+    etag = entry.etag or views.etag(model, entry.view)
     headers = {**headers, "ETag": etag, "Cache-Control": "private, no-cache"}
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and _etag_matches(if_none_match, etag):
