@@ -10,10 +10,13 @@ Baseline, measured in the same run: a minimal starlette app defined in this file
 JSON), served the same way (uvicorn, one worker, same defaults, no access log). It runs as a
 child mode of this script: ``python bench/read.py --baseline-server PORT REDIS_URL KEY``.
 
-Load: 64 concurrent connections (aiohttp, one session), for BENCH_SECONDS (default 5) after
-BENCH_WARMUP (default 1) seconds; plain and gateway alternate BENCH_REPEATS times (default 3);
-figures are medians over the repeats. Any non-200 answer counts as an error and invalidates the
-run. The load generator shares the 2 cores with the servers (see bench/http_write.py).
+Load: 64 concurrent keep-alive connections, one request in flight on each (closed loop, as
+wrk), for BENCH_SECONDS (default 5) after BENCH_WARMUP (default 1) seconds; plain and gateway
+alternate BENCH_REPEATS times (default 3); figures are medians over the repeats. Any non-200
+answer counts as an error and invalidates the run. The load generator shares the 2 cores with
+the servers, so it is a lean one (``bench/_http_load.py``: a protocol per connection, on uvloop
+like the servers, about a fifth of aiohttp's CPU per request): a client library's 80-140 µs per
+request would come out of the servers' share and pull any ratio towards 1.
 
 Prints one JSON line: requests/s, p50 and p99 for both, ratio = gateway rps / plain rps, goal
 ratio >= 1.5 (the near-cache answers without a network round trip), the gateway's cache
@@ -83,44 +86,29 @@ def serve_baseline(port: int, redis_url: str, key: str) -> None:
 
 
 async def load(url: str, headers: dict[str, str], server_pid: int) -> dict[str, Any]:
-    import aiohttp
+    from urllib.parse import urlsplit
 
+    from _http_load import Tally, get_request, run
     from http_write import pct, tree_cpu_seconds
 
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=CONNECTIONS),
-                                    timeout=aiohttp.ClientTimeout(total=30.0))  # fmt: skip
-    statuses: dict[str, int] = {}
-    try:
-
-        async def loop(until: float, latencies: list[float] | None) -> None:
-            while time.perf_counter() < until:
-                start = time.perf_counter()
-                try:
-                    async with session.get(url, headers=headers) as response:
-                        await response.read()
-                        key = str(response.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    key = type(exc).__name__
-                if latencies is not None:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                    statuses[key] = statuses.get(key, 0) + 1
-
-        await asyncio.gather(*(loop(time.perf_counter() + WARMUP, None) for _ in range(CONNECTIONS)))
-        latencies: list[float] = []
-        cpu_before = (time.process_time(), tree_cpu_seconds(server_pid))
-        start = time.perf_counter()
-        await asyncio.gather(*(loop(start + SECONDS, latencies) for _ in range(CONNECTIONS)))
-        elapsed = time.perf_counter() - start
-        cpu_after = (time.process_time(), tree_cpu_seconds(server_pid))
-    finally:
-        await session.close()
-    latencies.sort()
+    parts = urlsplit(url)
+    host, port = parts.hostname or HOST, parts.port or 80
+    request = get_request(host, port, parts.path, headers)
+    tally = Tally()
+    await run(host, port, request, CONNECTIONS, WARMUP, tally)
+    tally.record = True
+    cpu_before = (time.process_time(), tree_cpu_seconds(server_pid))
+    start = time.perf_counter()
+    await run(host, port, request, CONNECTIONS, SECONDS, tally)
+    elapsed = time.perf_counter() - start
+    cpu_after = (time.process_time(), tree_cpu_seconds(server_pid))
+    latencies = sorted(tally.latencies_ms)
     return {
         "rps": len(latencies) / elapsed,
         "p50_ms": pct(latencies, 0.5),
         "p99_ms": pct(latencies, 0.99),
-        "errors": sum(n for k, n in statuses.items() if k != "200"),
-        "statuses": statuses,
+        "errors": sum(n for k, n in tally.statuses.items() if k != "200"),
+        "statuses": tally.statuses,
         "cpu": {"load_generator": (cpu_after[0] - cpu_before[0]) / elapsed, "app_server": (cpu_after[1] - cpu_before[1]) / elapsed},
         "cpu_us": {"load_generator": (cpu_after[0] - cpu_before[0]) / max(1, len(latencies)) * 1e6,
                    "app_server": (cpu_after[1] - cpu_before[1]) / max(1, len(latencies)) * 1e6},
@@ -192,7 +180,9 @@ def main() -> int:
                 counters = cache_counters((await client.get(base + "/metrics")).text)
             return plain_runs, gateway_runs, counters
 
-        plain_runs, gateway_runs, counters = asyncio.run(measure())
+        import uvloop
+
+        plain_runs, gateway_runs, counters = uvloop.run(measure())
         for server in started:
             if not server.alive():
                 raise RuntimeError(f"{server.name} exited during the bench:\n{server.log_tail()}")
