@@ -19,8 +19,9 @@ Guarantees
   ``projection_failures``. Later events of that stream wait behind it: they are not applied
   while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
 
-Price: one round trip per statement of a batch (lock, parked streams, rows, upsert, counts,
-tracking), paid once per batch of up to ``batch_size`` events. The rows a projector committed
+Price: the statements of a batch (lock, parked streams, rows, upsert, tracking, counts) go in
+pipelined groups, about three round trips and the commit, once per batch of up to
+``batch_size`` events. The rows a projector committed
 last are kept in memory (``row_cache`` rows, LRU; about 1 KB each for tasks): a row whose stored
 version is still the one kept is not read again, only its version is (the fold of the same
 events gives the same row, whichever process wrote it). Projects are never taken from it: the
@@ -190,14 +191,19 @@ class Projector:
             if isolate is None or record.event.stream == isolate:
                 by_stream[record.event.stream].setdefault(record.event.version, record.event)
         written: list[Row] = []  # the rows of this model the transaction wrote, for the row cache
+        start = len(model.category) + 1  # model.entity_id, with the faster parse
+        ids = {s: parse_uuid(s[start:]) for s in by_stream}
+        keys = {s: str(i) for s, i in ids.items()}
         async with self._pool.connection() as conn:
-            async with conn.transaction():
+            async with conn.pipeline(), conn.transaction():
+                # Pipelined: the lock, the parked streams and the rows' versions go in one round
+                # trip; the server runs them in order, so the rows are read under the locks. (A
+                # parked stream's row is read too, and left alone.)
                 await self._lock_partitions(conn, records)
-                parked = await self._parked(conn, list(by_stream))
-                start = len(model.category) + 1  # model.entity_id, with the faster parse
-                ids = {s: parse_uuid(s[start:]) for s in by_stream if s not in parked}
-                keys = {s: str(i) for s, i in ids.items()}
-                current = await self._current_rows(conn, list(ids.values()))
+                parked_cur = await self._parked_query(conn, list(by_stream))
+                first_read = await self._read_current(conn, list(ids.values()))
+                parked = {row[0] for row in await parked_cur.fetchall()}
+                current = await self._current_rows(conn, first_read)
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
                 gapped: dict[str, int] = {}
                 for stream, events in by_stream.items():
@@ -233,12 +239,16 @@ class Projector:
                     if model.name == "tasks":
                         moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
                 stored: dict[str, tuple[Any, ...]] = {}
+                upserted = None
                 if new_rows:
                     # Whole rows: the recordset takes the table's columns from them (a missing one is
                     # NULL, as r.get(c) gave) and the upsert writes only the model's columns.
                     payload = views.dumps(new_rows).decode()
-                    cur = await conn.execute(self._upsert, (payload,))
-                    stored = {r[0]: r for r in await cur.fetchall()}
+                    upserted = await conn.execute(self._upsert, (payload,))
+                if isolate is None:
+                    await self._track(records, conn=conn)  # pipelined with the upsert
+                if upserted is not None:
+                    stored = {r[0]: r for r in await upserted.fetchall()}
                 # Only the rows really written: one another writer had moved past is left as it is.
                 for row in new_rows:
                     returned = stored.get(str(row[model.key]))
@@ -251,24 +261,29 @@ class Projector:
                     # Only the moves of rows really written are counted: never twice.
                     real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
                     outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
-                if isolate is None:
-                    await self._track(records, conn=conn)
         self._remember(written)  # committed
         return outcome
 
-    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[str, Row]:
-        """The stored rows of ``ids`` (under the partition locks), by id as text: those this
-        process wrote last from the row cache when their stored version is the cached one, the
-        rest read. (UUIDs, not text, as parameters: a text array would not use the key's index.)"""
+    async def _read_current(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> Any:
+        """Send the first read of ``_current_rows`` (the versions, or the rows without a row cache)
+        without waiting for it. (UUIDs, not text, as parameters: a text array would not use the
+        key's index.)"""
+        if not ids:
+            return None
+        return await conn.execute(self._select if self._rows is None else self._versions, (ids,))
+
+    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], first_read: Any) -> dict[str, Row]:
+        """The stored rows (under the partition locks), by id as text: those this process wrote
+        last from the row cache when their stored version is the cached one, the rest read."""
+        if first_read is None:
+            return {}
         loads = json.loads
         cached = self._rows
-        if cached is None or not ids:
-            cur = await conn.execute(self._select, (ids,))
-            return {row[self.model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
-        cur = await conn.execute(self._versions, (ids,))
+        if cached is None:
+            return {row[self.model.key]: row for (text,) in await first_read.fetchall() for row in (loads(text),)}
         current: dict[str, Row] = {}
         unknown = []
-        for key, version in await cur.fetchall():
+        for key, version in await first_read.fetchall():
             row = cached.get(key)
             if row is not None and row["version"] == version:
                 current[key] = row
@@ -319,13 +334,13 @@ class Projector:
             ([k for k, _ in keys], [p for _, p in keys]),
         )
 
-    async def _parked(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> set[str]:
-        cur = await conn.execute(
+    async def _parked_query(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> Any:
+        """Send the query of the parked streams among ``streams``; their ids are its rows."""
+        return await conn.execute(
             "SELECT DISTINCT stream_id FROM projection_failures"
             " WHERE projection = %s AND stream_id = ANY(%s) AND resolved_at IS NULL",
             (self.model.name, streams),
         )
-        return {row[0] for row in await cur.fetchall()}
 
     async def _move_counts(self, conn: psycopg.AsyncConnection[Any], moves: list[tuple[str, str | None, str]]) -> list[Row]:
         deltas = count_changes(moves)
