@@ -47,7 +47,6 @@ from psycopg_pool import AsyncConnectionPool
 from projections import views
 from projections.cache import ReadCache, cache_key
 from projections.model import ReadModel, Row
-from projections.tasks import count_changes
 from schemas.envelope import RecordedEvent, parse_uuid
 from schemas.registry import Registry
 
@@ -117,6 +116,26 @@ class Projector:
             f" ON CONFLICT ({model.key}) DO UPDATE SET {updates} WHERE {model.name}.version < EXCLUDED.version"
             f" RETURNING {model.key}::text" + (", task_counts, counts_revision" if model.name == "projects" else "")
         )
+        # The tasks' upsert also moves their projects' counts, in the same statement: only the
+        # moves of rows it really wrote are counted (never twice), summed per project and status
+        # (a move A -> B is A - 1, B + 1; no change, no count), added in project order. It
+        # answers the task ids written, then the project rows whose counts moved (as JSON).
+        self._upsert_counting = (
+            f"WITH up AS ({self._upsert}),"
+            " moved AS (SELECT m.project_id, m.old, m.new"
+            " FROM jsonb_to_recordset(%s::jsonb) AS m(task_id text, project_id uuid, old text, new text)"
+            " WHERE m.task_id IN (SELECT task_id FROM up) AND m.old IS DISTINCT FROM m.new),"
+            " steps AS (SELECT project_id, old AS status, -1 AS d FROM moved WHERE old IS NOT NULL"
+            " UNION ALL SELECT project_id, new, 1 FROM moved),"
+            " sums AS (SELECT project_id, status, sum(d)::int AS n FROM steps GROUP BY project_id, status HAVING sum(d) <> 0),"
+            " deltas AS (SELECT project_id, jsonb_object_agg(status, n) AS delta FROM sums GROUP BY project_id),"
+            " counted AS (INSERT INTO projects (project_id, task_counts, counts_revision)"
+            " SELECT project_id, delta, 1 FROM deltas ORDER BY project_id"
+            " ON CONFLICT (project_id) DO UPDATE SET"
+            " task_counts = taskstream_add_counts(projects.task_counts, EXCLUDED.task_counts),"
+            " counts_revision = projects.counts_revision + 1 RETURNING *)"
+            " SELECT task_id, NULL::text FROM up UNION ALL SELECT NULL, to_jsonb(c)::text FROM counted AS c"
+        ) if model.name == "tasks" else ""
         # Rows as one JSON text each: one parse in Python instead of a conversion per column.
         self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s)"
         # The rows this process committed last, by id: a row whose stored version is still the
@@ -225,7 +244,7 @@ class Projector:
                         outcome.filled += max(0, len(events) - len(plans[stream][1]))
                         plans[stream] = (plans[stream][0], list(events))
                 new_rows: list[Row] = []
-                moves: list[tuple[str, str | None, str]] = []
+                moves: list[dict[str, Any]] = []
                 for stream, (row, pending) in plans.items():
                     new_row, applied, failed = self._fold(row, pending)
                     if failed is not None:
@@ -237,30 +256,38 @@ class Projector:
                     outcome.applied += applied
                     new_rows.append(new_row)
                     if model.name == "tasks":
-                        moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
-                stored: dict[str, tuple[Any, ...]] = {}
+                        moves.append({"task_id": str(new_row["task_id"]), "project_id": str(new_row["project_id"]),
+                                      "old": row["status"] if row else None, "new": new_row["status"]})  # fmt: skip
                 upserted = None
                 if new_rows:
                     # Whole rows: the recordset takes the table's columns from them (a missing one is
                     # NULL, as r.get(c) gave) and the upsert writes only the model's columns.
                     payload = views.dumps(new_rows).decode()
-                    upserted = await conn.execute(self._upsert, (payload,))
+                    if moves:
+                        upserted = await conn.execute(self._upsert_counting, (payload, views.dumps(moves).decode()))
+                    else:
+                        upserted = await conn.execute(self._upsert, (payload,))
                 if isolate is None:
-                    await self._track(records, conn=conn)  # pipelined with the upsert
-                if upserted is not None:
-                    stored = {r[0]: r for r in await upserted.fetchall()}
-                # Only the rows really written: one another writer had moved past is left as it is.
-                for row in new_rows:
-                    returned = stored.get(str(row[model.key]))
-                    if returned is not None:
-                        if model.name == "projects":
-                            row = {**row, "task_counts": returned[1], "counts_revision": returned[2]}
-                        outcome.rows.append((model.name, row))
-                        written.append(row)
-                if moves:
-                    # Only the moves of rows really written are counted: never twice.
-                    real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
-                    outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
+                    await self._track(records, conn=conn)
+            # Leaving the transaction queued its COMMIT, leaving the pipeline sent all that was
+            # queued since the rows were read: one round trip from the fold to the commit.
+            returned = await upserted.fetchall() if upserted is not None else []
+        stored: dict[str, tuple[Any, ...]] = {}
+        counted: list[Row] = []
+        for answer in returned:
+            if moves and answer[0] is None:
+                counted.append(json.loads(answer[1]))
+            else:
+                stored[answer[0]] = answer
+        # Only the rows really written: one another writer had moved past is left as it is.
+        for row in new_rows:
+            answer = stored.get(str(row[model.key]))
+            if answer is not None:
+                if model.name == "projects":
+                    row = {**row, "task_counts": answer[1], "counts_revision": answer[2]}
+                outcome.rows.append((model.name, row))
+                written.append(row)
+        outcome.rows += [("projects", row) for row in counted]
         self._remember(written)  # committed
         return outcome
 
@@ -341,24 +368,6 @@ class Projector:
             " WHERE projection = %s AND stream_id = ANY(%s) AND resolved_at IS NULL",
             (self.model.name, streams),
         )
-
-    async def _move_counts(self, conn: psycopg.AsyncConnection[Any], moves: list[tuple[str, str | None, str]]) -> list[Row]:
-        deltas = count_changes(moves)
-        if not deltas:
-            return []
-        payload = json.dumps([{"project_id": p, "delta": d} for p, d in sorted(deltas.items())])
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "INSERT INTO projects (project_id, task_counts, counts_revision)"
-            " SELECT d.project_id, d.delta, 1 FROM jsonb_to_recordset(%s::jsonb) AS d(project_id uuid, delta jsonb)"
-            " ORDER BY d.project_id"
-            " ON CONFLICT (project_id) DO UPDATE SET"
-            " task_counts = taskstream_add_counts(projects.task_counts, EXCLUDED.task_counts),"
-            " counts_revision = projects.counts_revision + 1"
-            " RETURNING *",
-            (payload,),
-        )
-        return list(await cur.fetchall())
 
     async def _track(self, records: Sequence[Record], *, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
         latest: dict[tuple[str, int], Record] = {}
