@@ -61,6 +61,7 @@ class Record:
     topic: str
     partition: int
     offset: int
+    key: str | None = None  # the row's id as PostgreSQL writes it, when the caller parsed it already
 
 
 @dataclass
@@ -137,13 +138,15 @@ class Projector:
             " SELECT task_id, NULL::text FROM up UNION ALL SELECT NULL, to_jsonb(c)::text FROM counted AS c"
         ) if model.name == "tasks" else ""
         # Rows as one JSON text each: one parse in Python instead of a conversion per column.
-        self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s)"
+        # Ids go as one array literal cast to uuid[] (a uuid[], not text[], so the key's index is
+        # used; one text parameter instead of a UUID object to adapt per id).
+        self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s::uuid[])"
         # The rows this process committed last, by id: a row whose stored version is still the
         # one cached is taken from here (only its version is read). Not for projects, whose rows
         # the tasks projection also changes (the counts) without moving their version.
         self._rows: OrderedDict[str, Row] | None = OrderedDict() if row_cache > 0 and model.name != "projects" else None
         self._row_cache_size = row_cache
-        self._versions = f"SELECT {model.key}::text, version FROM {model.name} WHERE {model.key} = ANY(%s)"
+        self._versions = f"SELECT {model.key}::text, version FROM {model.name} WHERE {model.key} = ANY(%s::uuid[])"
 
     # --- the loop's one step ---------------------------------------------------------------
 
@@ -206,13 +209,16 @@ class Projector:
         model = self.model
         outcome = Outcome()
         by_stream: dict[str, dict[int, RecordedEvent]] = defaultdict(dict)
+        keys: dict[str, str | None] = {}  # stream -> the row's id as text (model.entity_id, canonical)
         for record in records:
             if isolate is None or record.event.stream == isolate:
                 by_stream[record.event.stream].setdefault(record.event.version, record.event)
+                keys.setdefault(record.event.stream, record.key)
         written: list[Row] = []  # the rows of this model the transaction wrote, for the row cache
-        start = len(model.category) + 1  # model.entity_id, with the faster parse
-        ids = {s: parse_uuid(s[start:]) for s in by_stream}
-        keys = {s: str(i) for s, i in ids.items()}
+        start = len(model.category) + 1
+        for stream, key in keys.items():
+            if key is None:
+                keys[stream] = str(parse_uuid(stream[start:]))  # model.entity_id, with the faster parse
         async with self._pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
                 # Pipelined: the lock, the parked streams and the rows' versions go in one round
@@ -220,7 +226,7 @@ class Projector:
                 # parked stream's row is read too, and left alone.)
                 await self._lock_partitions(conn, records)
                 parked_cur = await self._parked_query(conn, list(by_stream))
-                first_read = await self._read_current(conn, list(ids.values()))
+                first_read = await self._read_current(conn, list(keys.values()))
                 parked = {row[0] for row in await parked_cur.fetchall()}
                 current = await self._current_rows(conn, first_read)
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
@@ -291,13 +297,12 @@ class Projector:
         self._remember(written)  # committed
         return outcome
 
-    async def _read_current(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> Any:
+    async def _read_current(self, conn: psycopg.AsyncConnection[Any], ids: list[Any]) -> Any:
         """Send the first read of ``_current_rows`` (the versions, or the rows without a row cache)
-        without waiting for it. (UUIDs, not text, as parameters: a text array would not use the
-        key's index.)"""
+        without waiting for it."""
         if not ids:
             return None
-        return await conn.execute(self._select if self._rows is None else self._versions, (ids,))
+        return await conn.execute(self._select if self._rows is None else self._versions, (_uuid_array(ids),))
 
     async def _current_rows(self, conn: psycopg.AsyncConnection[Any], first_read: Any) -> dict[str, Row]:
         """The stored rows (under the partition locks), by id as text: those this process wrote
@@ -315,9 +320,9 @@ class Projector:
             if row is not None and row["version"] == version:
                 current[key] = row
             else:
-                unknown.append(uuid.UUID(key))
+                unknown.append(key)
         if unknown:
-            cur = await conn.execute(self._select, (unknown,))
+            cur = await conn.execute(self._select, (_uuid_array(unknown),))
             current.update((row[self.model.key], row) for (text,) in await cur.fetchall() for row in (loads(text),))
         return current
 
@@ -463,6 +468,11 @@ class Projector:
         outcome = await self._apply_once(records, isolate=stream) if records else Outcome()
         await self._write_through(outcome.rows)
         return outcome
+
+
+def _uuid_array(ids: Sequence[Any]) -> str:
+    """An array literal of canonical UUID texts (or UUIDs), for ``%s::uuid[]``."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 async def list_failures(pool: AsyncConnectionPool, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:

@@ -75,15 +75,20 @@ def decode(message: Any) -> Record | Exception:
     return Record(event, message.topic, message.partition, message.offset)
 
 
+def owned_key(category: str, stream: str) -> str | None:
+    """The row id of ``stream`` as text when it is ``<category>-<uuid>`` (``ReadModel.owns``),
+    else None: parsed once here, the runtime takes it from the Record."""
+    if not stream.startswith(category) or stream[len(category) : len(category) + 1] != "-":
+        return None
+    try:
+        return str(parse_uuid(stream[len(category) + 1 :]))
+    except ValueError:
+        return None
+
+
 def owns(category: str, stream: str) -> bool:
     """``ReadModel.owns``: whether ``stream`` is ``<category>-<uuid>`` (the UUID parsed fast)."""
-    if not stream.startswith(category) or stream[len(category) : len(category) + 1] != "-":
-        return False
-    try:
-        parse_uuid(stream[len(category) + 1 :])
-    except ValueError:
-        return False
-    return True
+    return owned_key(category, stream) is not None
 
 
 def _headers(message: Any) -> list[tuple[str, Any]]:
@@ -107,8 +112,9 @@ async def commit_batch(projector: Projector, messages: list[Any]) -> Outcome:
     category = projector.model.category
     for message in messages:
         decoded = decode(message)
-        if isinstance(decoded, Record) and owns(category, decoded.event.stream):
-            records.append(decoded)
+        key = owned_key(category, decoded.event.stream) if isinstance(decoded, Record) else None
+        if key is not None:
+            records.append(Record(decoded.event, decoded.topic, decoded.partition, decoded.offset, key))
         else:
             await projector.park_undecodable(message.topic, message.partition, message.offset, message.key, decoded)
     started_ns = time.time_ns()
