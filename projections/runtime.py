@@ -19,12 +19,13 @@ Guarantees
   ``projection_failures``. Later events of that stream wait behind it: they are not applied
   while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
 
-Price: the statements of a batch (lock, parked streams, rows, upsert, tracking, counts) go in
-pipelined groups, about three round trips and the commit, once per batch of up to
-``batch_size`` events. The rows a projector committed
-last are kept in memory (``row_cache`` rows, LRU; about 1 KB each for tasks): a row whose stored
-version is still the one kept is not read again, only its version is (the fold of the same
-events gives the same row, whichever process wrote it). Projects are never taken from it: the
+Price: two round trips per batch of up to ``batch_size`` events, the statements pipelined: the
+partition locks, the parked streams and the rows' versions (read under the locks: the server runs
+them in order); then, after the fold, the upsert (for tasks with the projects' count moves in the
+same statement), the tracking and the COMMIT (a third when rows must be read, see below). The
+rows a projector committed last are kept in memory (``row_cache`` rows, LRU; about 1 KB each
+for tasks): a row whose stored version is still the one kept is not read again, only its
+version is (the fold of the same events gives the same row, whichever process wrote it). Projects are never taken from it: the
 tasks projection changes their counts without moving their version.
 """
 
