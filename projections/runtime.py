@@ -25,8 +25,9 @@ them in order); then, after the fold, the upsert (for tasks with the projects' c
 same statement), the tracking and the COMMIT (a third when rows must be read, see below). The
 rows a projector committed last are kept in memory (``row_cache`` rows, LRU; about 1 KB each
 for tasks): a row whose stored version is still the one kept is not read again, only its
-version is (the fold of the same events gives the same row, whichever process wrote it). Projects are never taken from it: the
-tasks projection changes their counts without moving their version.
+version is (the fold of the same events gives the same row, whichever process wrote it).
+Projects are never taken from it: the tasks projection changes their counts without moving
+their version.
 """
 
 from __future__ import annotations
