@@ -230,6 +230,7 @@ class Relay:
         self.attempts += 1
         writer = await self._connect()
         tasks: set[asyncio.Task[None]] = set()
+        checkpointer: _Checkpointer | None = None
         try:
             log_topics = {topic_for(self._config.topic_prefix, c) for c in CATEGORIES}
             created = await self._ensure(log_topics)
@@ -239,7 +240,9 @@ class Relay:
                 # table is the truth: publish it all again, consumers deduplicate by event id.
                 raise LogLost("its topics were missing")
             log.info("relay publishing from position %d", self.position)
-            tasks.add(asyncio.create_task(self._publish_from(writer, self.position)))
+            checkpointer = _Checkpointer(self._checkpoints, self._config.checkpoint_name, self._saved)
+            tasks.add(asyncio.create_task(self._publish_from(writer, self.position, checkpointer)))
+            tasks.add(asyncio.create_task(checkpointer.run()))
             if self._topics is not None and self._config.log_check_interval > 0:
                 tasks.add(asyncio.create_task(self._watch_log()))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -250,16 +253,23 @@ class Relay:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-            finally:  # a second cancel during the gather still closes the producer
+                if checkpointer is not None:
+                    # What was acknowledged is kept (else republished, which is allowed but wasteful).
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(2.0):
+                            await checkpointer.flush()
+            finally:  # a second cancel during the gather or the flush still closes the producer
                 await writer.close()
 
-    async def _publish_from(self, writer: LogWriter, position: int) -> None:
+    def _saved(self, position: int) -> None:
+        self.position = max(self.position, position)
+
+    async def _publish_from(self, writer: LogWriter, position: int, checkpointer: _Checkpointer) -> None:
         subscription = self._store.subscribe(position, self._config.batch_size, poll_interval=self._config.poll_interval)
         async with contextlib.aclosing(subscription):
             async for batch in subscription:
                 await self.publish(writer, batch)
-                await self._checkpoints.set(self._config.checkpoint_name, batch[-1].global_position)
-                self.position = batch[-1].global_position
+                checkpointer.acked(batch[-1].global_position)
 
     async def _watch_log(self) -> None:
         assert self._topics is not None
@@ -353,3 +363,35 @@ class Relay:
             created = set(await self._topics.ensure(missing))
         self._known_topics.update(missing)
         return created
+
+
+class _Checkpointer:
+    """Stores the newest acknowledged position in the background, so the next batch is read and
+    sent while the checkpoint commits (a commit's WAL flush used to stand between two batches).
+    The guarantee is unchanged: a position is handed over only once its batch was acknowledged,
+    and ``Checkpoints.set`` only moves forward, so overlapping or late writes cannot move the
+    checkpoint back. A write that fails ends the attempt (``run`` raises), as before."""
+
+    def __init__(self, checkpoints: Checkpoints, name: str, saved: Callable[[int], None]) -> None:
+        self._checkpoints, self._name, self._on_saved = checkpoints, name, saved
+        self._acked: int | None = None
+        self._stored: int | None = None
+        self._wake = asyncio.Event()
+
+    def acked(self, position: int) -> None:
+        self._acked = position
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        target = self._acked
+        if target is None or target == self._stored:
+            return
+        await self._checkpoints.set(self._name, target)
+        self._stored = target
+        self._on_saved(target)

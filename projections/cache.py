@@ -41,27 +41,47 @@ return 1
 """
 
 
-# The same for many keys in one call: KEYS = keys; ARGV = ttl, then revision and value per key.
+# The same for many keys in one call: KEYS = keys; ARGV[1] = ttl, ARGV[2] = the entries' values
+# back to back, each as ``<length>:<revision>:<body>`` (length of ``<revision>:<body>``, the value
+# stored), in the order of KEYS. One argument instead of two per key: the client encodes and the
+# server parses far less.
 _CAS_MANY = """
 local written = 0
+local blob = ARGV[2]
+local pos = 1
 for i, key in ipairs(KEYS) do
-  local revision = tonumber(ARGV[2 * i])
+  local colon = string.find(blob, ':', pos, true)
+  local length = tonumber(string.sub(blob, pos, colon - 1))
+  local value = string.sub(blob, colon + 1, colon + length)
+  pos = colon + length + 1
+  local sep = string.find(value, ':', 1, true)
+  local revision = tonumber(string.sub(value, 1, sep - 1))
   local current = redis.call('GET', key)
   local newer = false
   if current then
-    local sep = string.find(current, ':', 1, true)
-    if sep then
-      local held = tonumber(string.sub(current, 1, sep - 1))
+    local held_sep = string.find(current, ':', 1, true)
+    if held_sep then
+      local held = tonumber(string.sub(current, 1, held_sep - 1))
       newer = held ~= nil and held >= revision
     end
   end
   if not newer then
-    redis.call('SET', key, ARGV[2 * i] .. ':' .. ARGV[2 * i + 1], 'EX', ARGV[1])
+    redis.call('SET', key, value, 'EX', ARGV[1])
     written = written + 1
   end
 end
 return written
 """
+
+_CHUNK = 2000  # keys per script call (about a millisecond of the server's time)
+
+
+def _packed(entries: Sequence[tuple[str, int, bytes]]) -> bytes:
+    parts = []
+    for _, revision, body in entries:
+        value = b"%d:%b" % (revision, body)
+        parts.append(b"%d:%b" % (len(value), value))
+    return b"".join(parts)
 
 
 def cache_key(model: str, entity_id: Any) -> str:
@@ -99,12 +119,9 @@ class ReadCache:
         try:
             if self.dirty:
                 await self.clean()
-            for start in range(0, len(entries), 500):
-                chunk = entries[start : start + 500]
-                args: list[Any] = [self.ttl_seconds]
-                for _, revision, body in chunk:
-                    args += [revision, body]
-                await self._cas_many(keys=[key for key, _, _ in chunk], args=args)
+            for start in range(0, len(entries), _CHUNK):
+                chunk = entries[start : start + _CHUNK]
+                await self._cas_many(keys=[key for key, _, _ in chunk], args=[self.ttl_seconds, _packed(chunk)])
         except (RedisError, OSError) as exc:
             log.warning("cache write-through failed (%d keys marked stale): %r", len(entries), exc)
             self._mark_dirty(key for key, _, _ in entries)

@@ -19,12 +19,15 @@ Guarantees
   ``projection_failures``. Later events of that stream wait behind it: they are not applied
   while it is parked, and ``retry_parked`` applies the stream from the store once fixed.
 
-Price: one round trip per statement of a batch (lock, parked streams, rows, upsert, counts,
-tracking), paid once per batch of up to ``batch_size`` events. The rows a projector committed
-last are kept in memory (``row_cache`` rows, LRU; about 1 KB each for tasks): a row whose stored
-version is still the one kept is not read again, only its version is (the fold of the same
-events gives the same row, whichever process wrote it). Projects are never taken from it: the
-tasks projection changes their counts without moving their version.
+Price: two round trips per batch of up to ``batch_size`` events, the statements pipelined: the
+partition locks, the parked streams and the rows' versions (read under the locks: the server runs
+them in order); then, after the fold, the upsert (for tasks with the projects' count moves in the
+same statement), the tracking and the COMMIT (a third when rows must be read, see below). The
+rows a projector committed last are kept in memory (``row_cache`` rows, LRU; about 1 KB each
+for tasks): a row whose stored version is still the one kept is not read again, only its
+version is (the fold of the same events gives the same row, whichever process wrote it).
+Projects are never taken from it: the tasks projection changes their counts without moving
+their version.
 """
 
 from __future__ import annotations
@@ -46,8 +49,7 @@ from psycopg_pool import AsyncConnectionPool
 from projections import views
 from projections.cache import ReadCache, cache_key
 from projections.model import ReadModel, Row
-from projections.tasks import count_changes
-from schemas.envelope import RecordedEvent
+from schemas.envelope import RecordedEvent, parse_uuid
 from schemas.registry import Registry
 
 log = logging.getLogger("taskstream.projections")
@@ -61,6 +63,7 @@ class Record:
     topic: str
     partition: int
     offset: int
+    key: str | None = None  # the row's id as PostgreSQL writes it, when the caller parsed it already
 
 
 @dataclass
@@ -116,14 +119,36 @@ class Projector:
             f" ON CONFLICT ({model.key}) DO UPDATE SET {updates} WHERE {model.name}.version < EXCLUDED.version"
             f" RETURNING {model.key}::text" + (", task_counts, counts_revision" if model.name == "projects" else "")
         )
+        # The tasks' upsert also moves their projects' counts, in the same statement: only the
+        # moves of rows it really wrote are counted (never twice), summed per project and status
+        # (a move A -> B is A - 1, B + 1; no change, no count), added in project order. It
+        # answers the task ids written, then the project rows whose counts moved (as JSON).
+        self._upsert_counting = (
+            f"WITH up AS ({self._upsert}),"
+            " moved AS (SELECT m.project_id, m.old, m.new"
+            " FROM jsonb_to_recordset(%s::jsonb) AS m(task_id text, project_id uuid, old text, new text)"
+            " WHERE m.task_id IN (SELECT task_id FROM up) AND m.old IS DISTINCT FROM m.new),"
+            " steps AS (SELECT project_id, old AS status, -1 AS d FROM moved WHERE old IS NOT NULL"
+            " UNION ALL SELECT project_id, new, 1 FROM moved),"
+            " sums AS (SELECT project_id, status, sum(d)::int AS n FROM steps GROUP BY project_id, status HAVING sum(d) <> 0),"
+            " deltas AS (SELECT project_id, jsonb_object_agg(status, n) AS delta FROM sums GROUP BY project_id),"
+            " counted AS (INSERT INTO projects (project_id, task_counts, counts_revision)"
+            " SELECT project_id, delta, 1 FROM deltas ORDER BY project_id"
+            " ON CONFLICT (project_id) DO UPDATE SET"
+            " task_counts = taskstream_add_counts(projects.task_counts, EXCLUDED.task_counts),"
+            " counts_revision = projects.counts_revision + 1 RETURNING *)"
+            " SELECT task_id, NULL::text FROM up UNION ALL SELECT NULL, to_jsonb(c)::text FROM counted AS c"
+        ) if model.name == "tasks" else ""
         # Rows as one JSON text each: one parse in Python instead of a conversion per column.
-        self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s)"
+        # Ids go as one array literal cast to uuid[] (a uuid[], not text[], so the key's index is
+        # used; one text parameter instead of a UUID object to adapt per id).
+        self._select = f"SELECT to_jsonb(t)::text FROM {model.name} AS t WHERE {model.key} = ANY(%s::uuid[])"
         # The rows this process committed last, by id: a row whose stored version is still the
         # one cached is taken from here (only its version is read). Not for projects, whose rows
         # the tasks projection also changes (the counts) without moving their version.
         self._rows: OrderedDict[str, Row] | None = OrderedDict() if row_cache > 0 and model.name != "projects" else None
         self._row_cache_size = row_cache
-        self._versions = f"SELECT {model.key}::text, version FROM {model.name} WHERE {model.key} = ANY(%s)"
+        self._versions = f"SELECT {model.key}::text, version FROM {model.name} WHERE {model.key} = ANY(%s::uuid[])"
 
     # --- the loop's one step ---------------------------------------------------------------
 
@@ -186,17 +211,26 @@ class Projector:
         model = self.model
         outcome = Outcome()
         by_stream: dict[str, dict[int, RecordedEvent]] = defaultdict(dict)
+        keys: dict[str, str | None] = {}  # stream -> the row's id as text (model.entity_id, canonical)
         for record in records:
             if isolate is None or record.event.stream == isolate:
                 by_stream[record.event.stream].setdefault(record.event.version, record.event)
+                keys.setdefault(record.event.stream, record.key)
         written: list[Row] = []  # the rows of this model the transaction wrote, for the row cache
+        start = len(model.category) + 1
+        for stream, key in keys.items():
+            if key is None:
+                keys[stream] = str(parse_uuid(stream[start:]))  # model.entity_id, with the faster parse
         async with self._pool.connection() as conn:
-            async with conn.transaction():
+            async with conn.pipeline(), conn.transaction():
+                # Pipelined: the lock, the parked streams and the rows' versions go in one round
+                # trip; the server runs them in order, so the rows are read under the locks. (A
+                # parked stream's row is read too, and left alone.)
                 await self._lock_partitions(conn, records)
-                parked = await self._parked(conn, list(by_stream))
-                ids = {s: model.entity_id(s) for s in by_stream if s not in parked}
-                keys = {s: str(i) for s, i in ids.items()}
-                current = await self._current_rows(conn, list(ids.values()))
+                parked_cur = await self._parked_query(conn, list(by_stream))
+                first_read = await self._read_current(conn, list(keys.values()))
+                parked = {row[0] for row in await parked_cur.fetchall()}
+                current = await self._current_rows(conn, first_read)
                 plans: dict[str, tuple[Row | None, list[RecordedEvent]]] = {}
                 gapped: dict[str, int] = {}
                 for stream, events in by_stream.items():
@@ -218,7 +252,7 @@ class Projector:
                         outcome.filled += max(0, len(events) - len(plans[stream][1]))
                         plans[stream] = (plans[stream][0], list(events))
                 new_rows: list[Row] = []
-                moves: list[tuple[str, str | None, str]] = []
+                moves: list[dict[str, Any]] = []
                 for stream, (row, pending) in plans.items():
                     new_row, applied, failed = self._fold(row, pending)
                     if failed is not None:
@@ -230,49 +264,67 @@ class Projector:
                     outcome.applied += applied
                     new_rows.append(new_row)
                     if model.name == "tasks":
-                        moves.append((str(new_row["project_id"]), row["status"] if row else None, new_row["status"]))
-                stored: dict[str, tuple[Any, ...]] = {}
+                        moves.append({"task_id": str(new_row["task_id"]), "project_id": str(new_row["project_id"]),
+                                      "old": row["status"] if row else None, "new": new_row["status"]})  # fmt: skip
+                upserted = None
                 if new_rows:
-                    payload = views.dumps([{c: r.get(c) for c in model.columns} for r in new_rows]).decode()
-                    cur = await conn.execute(self._upsert, (payload,))
-                    stored = {r[0]: r for r in await cur.fetchall()}
-                # Only the rows really written: one another writer had moved past is left as it is.
-                for row in new_rows:
-                    returned = stored.get(str(row[model.key]))
-                    if returned is not None:
-                        if model.name == "projects":
-                            row = {**row, "task_counts": returned[1], "counts_revision": returned[2]}
-                        outcome.rows.append((model.name, row))
-                        written.append(row)
-                if moves:
-                    # Only the moves of rows really written are counted: never twice.
-                    real = [m for m, r in zip(moves, new_rows, strict=True) if str(r["task_id"]) in stored]
-                    outcome.rows += [("projects", row) for row in await self._move_counts(conn, real)]
+                    # Whole rows: the recordset takes the table's columns from them (a missing one is
+                    # NULL, as r.get(c) gave) and the upsert writes only the model's columns.
+                    payload = views.dumps(new_rows).decode()
+                    if moves:
+                        upserted = await conn.execute(self._upsert_counting, (payload, views.dumps(moves).decode()))
+                    else:
+                        upserted = await conn.execute(self._upsert, (payload,))
                 if isolate is None:
                     await self._track(records, conn=conn)
+            # Leaving the transaction queued its COMMIT, leaving the pipeline sent all that was
+            # queued since the rows were read: one round trip from the fold to the commit.
+            returned = await upserted.fetchall() if upserted is not None else []
+        stored: dict[str, tuple[Any, ...]] = {}
+        counted: list[Row] = []
+        for answer in returned:
+            if moves and answer[0] is None:
+                counted.append(json.loads(answer[1]))
+            else:
+                stored[answer[0]] = answer
+        # Only the rows really written: one another writer had moved past is left as it is.
+        for row in new_rows:
+            answer = stored.get(str(row[model.key]))
+            if answer is not None:
+                if model.name == "projects":
+                    row = {**row, "task_counts": answer[1], "counts_revision": answer[2]}
+                outcome.rows.append((model.name, row))
+                written.append(row)
+        outcome.rows += [("projects", row) for row in counted]
         self._remember(written)  # committed
         return outcome
 
-    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], ids: list[uuid.UUID]) -> dict[str, Row]:
-        """The stored rows of ``ids`` (under the partition locks), by id as text: those this
-        process wrote last from the row cache when their stored version is the cached one, the
-        rest read. (UUIDs, not text, as parameters: a text array would not use the key's index.)"""
+    async def _read_current(self, conn: psycopg.AsyncConnection[Any], ids: list[Any]) -> Any:
+        """Send the first read of ``_current_rows`` (the versions, or the rows without a row cache)
+        without waiting for it."""
+        if not ids:
+            return None
+        return await conn.execute(self._select if self._rows is None else self._versions, (_uuid_array(ids),))
+
+    async def _current_rows(self, conn: psycopg.AsyncConnection[Any], first_read: Any) -> dict[str, Row]:
+        """The stored rows (under the partition locks), by id as text: those this process wrote
+        last from the row cache when their stored version is the cached one, the rest read."""
+        if first_read is None:
+            return {}
         loads = json.loads
         cached = self._rows
-        if cached is None or not ids:
-            cur = await conn.execute(self._select, (ids,))
-            return {row[self.model.key]: row for (text,) in await cur.fetchall() for row in (loads(text),)}
-        cur = await conn.execute(self._versions, (ids,))
+        if cached is None:
+            return {row[self.model.key]: row for (text,) in await first_read.fetchall() for row in (loads(text),)}
         current: dict[str, Row] = {}
         unknown = []
-        for key, version in await cur.fetchall():
+        for key, version in await first_read.fetchall():
             row = cached.get(key)
             if row is not None and row["version"] == version:
                 current[key] = row
             else:
-                unknown.append(uuid.UUID(key))
+                unknown.append(key)
         if unknown:
-            cur = await conn.execute(self._select, (unknown,))
+            cur = await conn.execute(self._select, (_uuid_array(unknown),))
             current.update((row[self.model.key], row) for (text,) in await cur.fetchall() for row in (loads(text),))
         return current
 
@@ -316,31 +368,13 @@ class Projector:
             ([k for k, _ in keys], [p for _, p in keys]),
         )
 
-    async def _parked(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> set[str]:
-        cur = await conn.execute(
+    async def _parked_query(self, conn: psycopg.AsyncConnection[Any], streams: list[str]) -> Any:
+        """Send the query of the parked streams among ``streams``; their ids are its rows."""
+        return await conn.execute(
             "SELECT DISTINCT stream_id FROM projection_failures"
             " WHERE projection = %s AND stream_id = ANY(%s) AND resolved_at IS NULL",
             (self.model.name, streams),
         )
-        return {row[0] for row in await cur.fetchall()}
-
-    async def _move_counts(self, conn: psycopg.AsyncConnection[Any], moves: list[tuple[str, str | None, str]]) -> list[Row]:
-        deltas = count_changes(moves)
-        if not deltas:
-            return []
-        payload = json.dumps([{"project_id": p, "delta": d} for p, d in sorted(deltas.items())])
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "INSERT INTO projects (project_id, task_counts, counts_revision)"
-            " SELECT d.project_id, d.delta, 1 FROM jsonb_to_recordset(%s::jsonb) AS d(project_id uuid, delta jsonb)"
-            " ORDER BY d.project_id"
-            " ON CONFLICT (project_id) DO UPDATE SET"
-            " task_counts = taskstream_add_counts(projects.task_counts, EXCLUDED.task_counts),"
-            " counts_revision = projects.counts_revision + 1"
-            " RETURNING *",
-            (payload,),
-        )
-        return list(await cur.fetchall())
 
     async def _track(self, records: Sequence[Record], *, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
         latest: dict[tuple[str, int], Record] = {}
@@ -412,8 +446,7 @@ class Projector:
             if int(row["version"]) == 0:  # a project known only by its task counts: not visible yet
                 continue
             key_column = "project_id" if model_name == "projects" else self.model.key
-            view = views.VIEWS[model_name](row)
-            entries.append((cache_key(model_name, row[key_column]), views.revision(model_name, row), views.dumps(view)))
+            entries.append((cache_key(model_name, row[key_column]), views.revision(model_name, row), views.body(model_name, row)))
         await self._cache.put_many(entries)
 
     # --- operators -------------------------------------------------------------------------
@@ -437,6 +470,11 @@ class Projector:
         outcome = await self._apply_once(records, isolate=stream) if records else Outcome()
         await self._write_through(outcome.rows)
         return outcome
+
+
+def _uuid_array(ids: Sequence[Any]) -> str:
+    """An array literal of canonical UUID texts (or UUIDs), for ``%s::uuid[]``."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 async def list_failures(pool: AsyncConnectionPool, *, include_resolved: bool = False, limit: int = 100) -> list[dict[str, Any]]:

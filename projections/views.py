@@ -27,20 +27,20 @@ def _time(value: Any) -> str | None:
     return datetime.fromisoformat(str(value)).isoformat()
 
 
-def user(row: Mapping[str, Any]) -> View:
+def user(row: Mapping[str, Any], time_text: Callable[[Any], Any] = _time) -> View:
     return {
         "id": str(row["user_id"]),
         "email": row["email"],
         "display_name": row["display_name"],
         "role": row["role"],
         "active": row["active"],
-        "created_at": _time(row["created_at"]),
-        "updated_at": _time(row["updated_at"]),
+        "created_at": time_text(row["created_at"]),
+        "updated_at": time_text(row["updated_at"]),
         "version": row["version"],
     }
 
 
-def project(row: Mapping[str, Any]) -> View:
+def project(row: Mapping[str, Any], time_text: Callable[[Any], Any] = _time) -> View:
     counts = row.get("task_counts") or {}
     members = row["members"] or {}
     return {
@@ -51,14 +51,14 @@ def project(row: Mapping[str, Any]) -> View:
         "archived": row["archived"],
         "members": [{"user_id": u, "role": members[u]} for u in sorted(members)],
         "task_counts": {status: int(counts.get(status, 0)) for status in TASK_STATUSES},
-        "created_at": _time(row["created_at"]),
-        "updated_at": _time(row["updated_at"]),
+        "created_at": time_text(row["created_at"]),
+        "updated_at": time_text(row["updated_at"]),
         "version": row["version"],
         "counts_revision": row.get("counts_revision", 0),
     }
 
 
-def task(row: Mapping[str, Any]) -> View:
+def task(row: Mapping[str, Any], time_text: Callable[[Any], Any] = _time) -> View:
     return {
         "id": str(row["task_id"]),
         "project_id": str(row["project_id"]),
@@ -71,12 +71,12 @@ def task(row: Mapping[str, Any]) -> View:
         "attempts": row["attempts"],
         "worker_id": row["worker_id"],
         "retry_scheduled": row["retry_scheduled"],
-        "submitted_at": _time(row["submitted_at"]),
-        "started_at": _time(row["started_at"]),
-        "succeeded_at": _time(row["succeeded_at"]),
-        "failed_at": _time(row["failed_at"]),
-        "cancelled_at": _time(row["cancelled_at"]),
-        "updated_at": _time(row["updated_at"]),
+        "submitted_at": time_text(row["submitted_at"]),
+        "started_at": time_text(row["started_at"]),
+        "succeeded_at": time_text(row["succeeded_at"]),
+        "failed_at": time_text(row["failed_at"]),
+        "cancelled_at": time_text(row["cancelled_at"]),
+        "updated_at": time_text(row["updated_at"]),
         "result_ref": row["result_ref"],
         "result": row.get("result"),
         "summary": row["summary"],
@@ -86,7 +86,18 @@ def task(row: Mapping[str, Any]) -> View:
     }
 
 
-VIEWS: dict[str, Callable[[Mapping[str, Any]], View]] = {"users": user, "projects": project, "tasks": task}
+VIEWS: dict[str, Callable[..., View]] = {"users": user, "projects": project, "tasks": task}
+
+
+def _time_as_is(value: Any) -> Any:
+    """A datetime kept for orjson, which writes it exactly as ``isoformat`` does; else ``_time``."""
+    return value if type(value) is datetime else _time(value)
+
+
+def body(model: str, row: Mapping[str, Any]) -> bytes:
+    """``dumps(VIEWS[model](row))``, byte for byte, with less work: the times are left to orjson
+    (the projector's rows hold datetimes). The projector writes these bodies to the cache."""
+    return dumps(VIEWS[model](row, _time_as_is))
 
 
 def revision(model: str, row: Mapping[str, Any]) -> int:
