@@ -105,18 +105,29 @@ async def project_batch(projector: Projector, messages: list[Any]) -> None:
     await projector.write_through(outcome)
 
 
-async def commit_batch(projector: Projector, messages: list[Any]) -> Outcome:
+def prepare(category: str, message: Any) -> tuple[bool, Any]:
+    """(True, the Record with its row id) for an event of a stream this model owns; else
+    (False, what to park it with: the decoded Record or the decoding error)."""
+    decoded = decode(message)
+    key = owned_key(category, decoded.event.stream) if isinstance(decoded, Record) else None
+    if key is None:
+        return False, decoded
+    return True, Record(decoded.event, decoded.topic, decoded.partition, decoded.offset, key)
+
+
+async def commit_batch(projector: Projector, messages: list[Any], prepared: list[tuple[bool, Any]] | None = None) -> Outcome:
     """``project_batch`` up to the commit: the caller refreshes the cache with the outcome
-    (``projector.write_through``) before it acknowledges the messages."""
+    (``projector.write_through``) before it acknowledges the messages. ``prepared``: the
+    messages already through ``prepare`` (in order), else they are prepared here."""
     records = []
     category = projector.model.category
-    for message in messages:
-        decoded = decode(message)
-        key = owned_key(category, decoded.event.stream) if isinstance(decoded, Record) else None
-        if key is not None:
-            records.append(Record(decoded.event, decoded.topic, decoded.partition, decoded.offset, key))
+    if prepared is None:
+        prepared = [prepare(category, message) for message in messages]
+    for message, (ready, value) in zip(messages, prepared, strict=True):
+        if ready:
+            records.append(value)
         else:
-            await projector.park_undecodable(message.topic, message.partition, message.offset, message.key, decoded)
+            await projector.park_undecodable(message.topic, message.partition, message.offset, message.key, value)
     started_ns = time.time_ns()
     started = time.perf_counter()
     outcome = await projector.commit_batch(records)
@@ -303,6 +314,8 @@ class _Batches:
         self._projector, self._consumer, self._size = projector, consumer, max(1, size)
         self._app = consumer.app
         self._buffer: list[Any] = []
+        self._prepared: list[tuple[bool, Any]] = []  # the buffer's records decoded (``prepare``), same order
+        self._category = projector.model.category
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
@@ -323,6 +336,9 @@ class _Batches:
         if not message.tracked:
             message.tracked = True
             self._consumer.track_message(message)
+        # Decoded now, on arrival: while the batch before is in PostgreSQL (this loop is idle
+        # then), not after it, in the batch's own time.
+        self._prepared.append(prepare(self._category, message))
         self._buffer.append(message)
         self._pending.set()
         if len(self._buffer) >= self._size:
@@ -345,6 +361,7 @@ class _Batches:
                         async with asyncio.timeout(_LINGER):
                             await self._full.wait()
                 batch, self._buffer = self._buffer[: self._size], self._buffer[self._size :]
+                prepared, self._prepared = self._prepared[: self._size], self._prepared[self._size :]
                 behind = self._behind(batch)
                 if len(self._buffer) < self._size:
                     self._full.clear()
@@ -352,7 +369,7 @@ class _Batches:
                     self._pending.clear()
                 if len(self._buffer) < 2 * self._size:
                     self._room.set()
-                outcome = await commit_batch(self._projector, batch)
+                outcome = await commit_batch(self._projector, batch, prepared)
                 if refreshing is not None:
                     await refreshing
                 refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._consumer, batch))
