@@ -73,12 +73,7 @@ class HotReads:
         self.lanes: dict[str, Lane] = {"/v1/tasks/{task_id}": self.task, "/v1/projects/{project_id}": self.project}
 
     async def task(self, scope: Scope, send: Send) -> bool:
-        subject = self._subject(scope)
-        if subject is None:
-            return False
-        if self._limited:
-            await self._admit(scope, subject)
-        caller = self._caller(subject)
+        caller = await self._start(scope)
         if caller is None:
             return False
         reads, near = caller[1], caller[1].near
@@ -91,12 +86,7 @@ class HotReads:
         return await _send(scope, send, reads, "tasks", task, ("tasks", "projects"), hits=3)
 
     async def project(self, scope: Scope, send: Send) -> bool:
-        subject = self._subject(scope)
-        if subject is None:
-            return False
-        if self._limited:
-            await self._admit(scope, subject)
-        caller = self._caller(subject)
+        caller = await self._start(scope)
         if caller is None:
             return False
         reads, near = caller[1], caller[1].near
@@ -104,6 +94,16 @@ class HotReads:
         if project is None or not _may_see(project.view, caller[0]):
             return False
         return await _send(scope, send, reads, "projects", project, ("projects", "tasks"), hits=2)
+
+    async def _start(self, scope: Scope) -> tuple[Actor, Reads] | None:
+        """The lanes' common first steps: the token's subject, the ``read`` limit counted, the
+        caller as stored; None when the route must decide."""
+        subject = self._subject(scope)
+        if subject is None:
+            return None
+        if self._limited:
+            await self._admit(scope, subject)
+        return self._caller(subject)
 
     async def _admit(self, scope: Scope, subject: str) -> None:
         assert self._deps.limits is not None
