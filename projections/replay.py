@@ -187,7 +187,7 @@ class Replay:
             return self._interrupted(run_id, tables, started, events, resumed)
         with connect(self.url) as conn:
             for model in self.models:
-                rebuild.finish_table(conn, model.name, tables[model.name], run_id)
+                rebuild.finish_table(conn, model.name, tables[model.name], run_id, model.key)
             self.phases["indexes"] = time.monotonic() - started - self.phases["plan"] - self.phases["fold"]
             if not self.request.swap:
                 if "projects" in tables and "tasks" in tables:
@@ -347,26 +347,24 @@ class Replay:
 
     def _fold_tail(self, conn: psycopg.Connection[Any], tables: Mapping[str, str], after: int, until: int) -> int:
         """Fold (after, until] into the building tables, in the caller's transaction."""
-        events = bulk.parse_events(rebuild.copy_events(conn, [m.category for m in self.models], after, until))
-        by_category: dict[str, list[Any]] = {}
-        for event in events:
-            by_category.setdefault(event.stream.partition("-")[0], []).append(event)
+        total = 0
         for model in self.models:
-            mine = by_category.get(model.category, [])
-            if not mine:
+            read = rebuild.read_events(conn, [model.category], after, until)
+            texts = list(read)
+            if not texts:
                 continue
-            keys = {e.stream[len(model.category) + 1 :] for e in mine}
+            keys = {line.split("\t", 2)[1][len(model.category) + 1 :] for text in texts for line in text.split("\n") if line}
             valid = [k for k in keys if _is_uuid(k)]
             rows = rebuild.load_rows(conn, model, tables[model.name], keys=valid)
-            fold = bulk.Fold(model, registry(), rows=dict(rows), position=after)
+            fold = bulk.Fold(model, registry(), rows=rows, position=after)
             fold.failed = {s: f for s, f in self.failures.items() if s.startswith(model.category + "-")}
-            fold.apply(mine)
+            total += sum(fold.apply_text(text, escaped=read.escaped) for text in texts)
             writer = rebuild.RowWriter(conn, model, tables[model.name])
             writer.written = set(rows)
             writer.write([(s, fold.rows[s]) for s in sorted(fold.dirty)])
             self._add_failures(list(fold.failed.values()))
-        self.progress.advance(len(events))
-        return len(events)
+        self.progress.advance(total)
+        return total
 
     def _swap(self, conn: psycopg.Connection[Any], run_id: str, tables: Mapping[str, str], position: int) -> tuple[int, int]:
         names = {m.name for m in self.models}

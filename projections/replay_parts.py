@@ -68,21 +68,19 @@ def build_part(
     (``target`` unless stopped) and the streams it stopped."""
     model = MODELS[part.model]
     with connect(url) as conn, _no_gc():
-        fold = bulk.Fold(model, registry(), position=start)
+        rows = rebuild.load_rows(conn, model, table, shard=part.shard, shards=part.shards) if start > 0 else {}
+        fold = bulk.Fold(model, registry(), rows=rows, position=start)
         writer = rebuild.RowWriter(conn, model, table)
-        if start > 0:
-            fold.rows = rebuild.load_rows(conn, model, table, shard=part.shard, shards=part.shards)
-            writer.written = set(fold.rows)
+        writer.written = set(rows)
+        del rows
         position, pending, flushed_at = start, 0, time.monotonic()
         while position < target and not stopped():
             upto = min(target, position + chunk_span)
-            events = bulk.parse_events(
-                rebuild.copy_events(conn, [model.category], position, upto, shard=part.shard, shards=part.shards)
-            )
-            fold.apply(events)
+            read = rebuild.read_events(conn, [model.category], position, upto, shard=part.shard, shards=part.shards)
+            events = sum(fold.apply_text(block, escaped=read.escaped) for block in read)
             position = fold.position = upto
-            pending += len(events)
-            report(part.name, len(events))
+            pending += events
+            report(part.name, events)
             if position >= target or pending >= checkpoint_events or time.monotonic() - flushed_at > 30 or stopped():
                 _checkpoint(conn, writer, fold, run_id, part.name, position)
                 pending, flushed_at = 0, time.monotonic()
