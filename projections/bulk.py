@@ -32,6 +32,7 @@ try:  # the fastest parser available; the standard one gives the same values
     import orjson
 
     json_loads = orjson.loads
+    _orjson_dumps = orjson.dumps
 
     def json_dumps(value: Any) -> str:
         return orjson.dumps(value, default=_default).decode()
@@ -43,6 +44,9 @@ except ImportError:  # pragma: no cover - orjson is a dependency
 
     def json_dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=_default)
+
+    def _orjson_dumps(value: Any, default: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), default=default).encode()
 
 
 def _default(value: Any) -> Any:
@@ -117,7 +121,7 @@ def _text(value: Any) -> str:
     if value is None:
         return "\\N"
     if type(value) is not str:
-        value = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        value = str(value)  # as an f-string prints it (a datetime: ISO 8601 with a space)
     if value.isprintable() and "\\" not in value:
         return value
     return escape(value)
@@ -132,12 +136,12 @@ def _json(value: Any) -> str:
 def row_formatter(columns: Sequence[tuple[str, str]]) -> Callable[[Mapping[str, Any]], str]:
     """A function that gives one COPY text line (with its newline) of a row's ``columns``
     ((name, kind) pairs). Generated: all values fetched in one ``itemgetter`` call, one
-    f-string, no loop over the columns, and no call for a NULL, a number, a boolean or a text
-    that needs no escaping (the common case). A row missing a column, or holding a value that
-    is not a ``str`` in a text column (a datetime, a UUID), takes the general line."""
+    f-string, no loop over the columns. The text values are checked together (one string of
+    them all: printable and no backslash, so nothing to escape), not one by one; a row that
+    fails the check, or misses a column, takes the general line (each value escaped)."""
     general = _general_formatter(columns)
     names = [name for name, _ in columns]
-    parts = []
+    parts, texts = [], []
     for index, (_, kind) in enumerate(columns):
         v = f"v{index}"
         if kind == JSON_KIND:
@@ -146,20 +150,25 @@ def row_formatter(columns: Sequence[tuple[str, str]]) -> Callable[[Mapping[str, 
             expr = f"NULL if {v} is None else {v}.__index__()"
         elif kind == BOOL_KIND:
             expr = f"NULL if {v} is None else ('t' if {v} else 'f')"
-        else:  # isprintable: no tab, newline or carriage return (nor any other control character)
-            expr = f"NULL if {v} is None else {v} if {v}.isprintable() and BACKSLASH not in {v} else _text({v})"
+        else:
+            expr = f"NULL if {v} is None else {v}"
+            texts.append("{" + v + "}")
         parts.append("{" + expr + "}")
     values = ", ".join(f"v{i}" for i in range(len(columns)))
     lines = [
         "def line(row):",
         "    try:",
         f"        {values}{',' if len(columns) == 1 else ''} = getter(row)",
-        '        return f"' + "{TAB}".join(parts) + '{NEWLINE}"',
-        "    except (KeyError, AttributeError):",
+        "    except KeyError:",
         "        return general(row)",
+        # isprintable: no tab, newline or carriage return (nor any other control character)
+        f'    probe = f"{"".join(texts)}"',
+        "    if not probe.isprintable() or BACKSLASH in probe:",
+        "        return general(row)",
+        '    return f"' + "{TAB}".join(parts) + '{NEWLINE}"',
     ]
-    scope: dict[str, Any] = {"_json_field": _json_field, "_text": _text, "NULL": "\\N", "BACKSLASH": "\\", "TAB": "\t",
-                             "NEWLINE": "\n", "general": general, "getter": itemgetter(*names) if len(names) > 1 else _one(names[0])}  # fmt: skip
+    scope: dict[str, Any] = {"_json_field": _json_field, "NULL": "\\N", "BACKSLASH": "\\", "TAB": "\t", "NEWLINE": "\n",
+                             "general": general, "getter": itemgetter(*names) if len(names) > 1 else _one(names[0])}  # fmt: skip
     exec(compile("\n".join(lines) + "\n", f"<row formatter {len(columns)} columns>", "exec"), scope)  # noqa: S102 - our own column names
     return scope["line"]  # type: ignore[no-any-return]
 
@@ -171,8 +180,8 @@ def _one(name: str) -> Callable[[Mapping[str, Any]], tuple[Any]]:
 def _json_field(value: Any) -> str:
     """JSON as a COPY text field: orjson writes no raw control character, so only backslashes
     need doubling."""
-    text = json_dumps(value)
-    return text.replace("\\", "\\\\") if "\\" in text else text
+    data = _orjson_dumps(value, default=_default)
+    return data.decode() if b"\\" not in data else data.decode().replace("\\", "\\\\")
 
 
 def _general_formatter(columns: Sequence[tuple[str, str]]) -> Callable[[Mapping[str, Any]], str]:

@@ -14,6 +14,7 @@ appear later. A part that has read every event up to a position it saw has read 
 from __future__ import annotations
 
 import re
+import select
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -159,28 +160,49 @@ _BLOCK_HEAD = struct.Struct(">iqiqi")
 
 
 def _copy_out(conn: psycopg.Connection[Any], query: sql.Composable, *, decode: bool = True) -> Any:
-    """All the COPY TO output of ``query``, decoded (or bytes). Straight through libpq: psycopg's
-    own copy iterator costs a few microseconds of Python per row."""
+    """All the COPY TO output of ``query``, decoded (or bytes). Straight through libpq (psycopg's
+    own copy iterator costs a few microseconds of Python per row), non-blocking: it waits on
+    the socket with the GIL released, so it can run in a thread while another one works."""
     text = query.as_string(conn).encode()
     pgconn = conn.pgconn
     with conn.lock:
-        result = pgconn.exec_(text)
-        if result.status != pq.ExecStatus.COPY_OUT:
-            raise errors.error_from_result(result, encoding=conn.info.encoding)
+        pgconn.send_query(text)
+        result = _next_result(pgconn)
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            while _next_result(pgconn) is not None:
+                pass
+            raise errors.error_from_result(result, encoding=conn.info.encoding) if result else psycopg.OperationalError("COPY did not start")
         chunks: list[Any] = []
         append, get = chunks.append, pgconn.get_copy_data
         while True:
-            size, data = get(0)
-            if size < 0:
+            size, data = get(1)
+            if size > 0:
+                append(data)
+            elif size == 0:
+                _wait_readable(pgconn)
+            else:
                 break
-            append(data)
-        result = pgconn.get_result()
-        while pgconn.get_result() is not None:
+        result = _next_result(pgconn)
+        while _next_result(pgconn) is not None:
             pass
         if result is None or result.status != pq.ExecStatus.COMMAND_OK:
             raise errors.error_from_result(result, encoding=conn.info.encoding) if result else psycopg.OperationalError("COPY ended without a result")
     data = b"".join(chunks)
     return data.decode() if decode else data
+
+
+def _wait_readable(pgconn: Any) -> None:
+    poll = select.poll()
+    poll.register(pgconn.socket, select.POLLIN)
+    poll.poll()
+    pgconn.consume_input()
+
+
+def _next_result(pgconn: Any) -> Any:
+    pgconn.consume_input()
+    while pgconn.is_busy():
+        _wait_readable(pgconn)
+    return pgconn.get_result()
 
 
 def load_rows(

@@ -142,6 +142,7 @@ class Replay:
         self.failures: dict[str, bulk.Failure] = {}
         self.locked_seconds = 0.0
         self.phases: dict[str, float] = {}  # seconds per phase of the last run
+        self.part_cpu: dict[str, float] = {}  # CPU seconds of the parts' Python, by stage (read, fold, write)
 
     # The parts: the model with the most events is split in shards (folded in parallel).
     def parts(self, conn: psycopg.Connection[Any]) -> list[Part]:
@@ -289,7 +290,7 @@ class Replay:
 
                 _, failures = build_part(
                     self.url, run_id, tables[part.model], part, starts[part.name], target, chunk_span=req.chunk_span,
-                    checkpoint_events=req.checkpoint_events, report=report, stopped=self.stopped,
+                    checkpoint_events=req.checkpoint_events, report=report, stopped=self.stopped, cpu=self.part_cpu,
                 )  # fmt: skip
                 self._add_failures(failures)
             return events
@@ -325,6 +326,8 @@ class Replay:
                 elif message[0] == "done":
                     running.discard(message[1])
                     self._add_failures(message[3])
+                    for stage, seconds in message[4].items():
+                        self.part_cpu[stage] = self.part_cpu.get(stage, 0.0) + seconds
                 else:
                     running.discard(message[1])
                     errors.append(f"{message[1]}: {message[2]}")
