@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-from operator import itemgetter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +31,6 @@ try:  # the fastest parser available; the standard one gives the same values
     import orjson
 
     json_loads = orjson.loads
-    _orjson_dumps = orjson.dumps
 
     def json_dumps(value: Any) -> str:
         return orjson.dumps(value, default=_default).decode()
@@ -44,9 +42,6 @@ except ImportError:  # pragma: no cover - orjson is a dependency
 
     def json_dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=_default)
-
-    def _orjson_dumps(value: Any, default: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), default=default).encode()
 
 
 def _default(value: Any) -> Any:
@@ -121,7 +116,7 @@ def _text(value: Any) -> str:
     if value is None:
         return "\\N"
     if type(value) is not str:
-        value = str(value)  # as an f-string prints it (a datetime: ISO 8601 with a space)
+        value = value.isoformat() if hasattr(value, "isoformat") else str(value)
     if value.isprintable() and "\\" not in value:
         return value
     return escape(value)
@@ -135,57 +130,8 @@ def _json(value: Any) -> str:
 
 def row_formatter(columns: Sequence[tuple[str, str]]) -> Callable[[Mapping[str, Any]], str]:
     """A function that gives one COPY text line (with its newline) of a row's ``columns``
-    ((name, kind) pairs). Generated: all values fetched in one ``itemgetter`` call, one
-    f-string, no loop over the columns. The text values are checked together (one string of
-    them all: printable and no backslash, so nothing to escape), not one by one; a row that
-    fails the check, or misses a column, takes the general line (each value escaped)."""
-    general = _general_formatter(columns)
-    names = [name for name, _ in columns]
-    parts, texts = [], []
-    for index, (_, kind) in enumerate(columns):
-        v = f"v{index}"
-        if kind == JSON_KIND:
-            expr = f"NULL if {v} is None else _json_field({v})"
-        elif kind == INT_KIND:
-            expr = f"NULL if {v} is None else {v}.__index__()"
-        elif kind == BOOL_KIND:
-            expr = f"NULL if {v} is None else ('t' if {v} else 'f')"
-        else:
-            expr = f"NULL if {v} is None else {v}"
-            texts.append("{" + v + "}")
-        parts.append("{" + expr + "}")
-    values = ", ".join(f"v{i}" for i in range(len(columns)))
-    lines = [
-        "def line(row):",
-        "    try:",
-        f"        {values}{',' if len(columns) == 1 else ''} = getter(row)",
-        "    except KeyError:",
-        "        return general(row)",
-        # isprintable: no tab, newline or carriage return (nor any other control character)
-        f'    probe = f"{"".join(texts)}"',
-        "    if not probe.isprintable() or BACKSLASH in probe:",
-        "        return general(row)",
-        '    return f"' + "{TAB}".join(parts) + '{NEWLINE}"',
-    ]
-    scope: dict[str, Any] = {"_json_field": _json_field, "NULL": "\\N", "BACKSLASH": "\\", "TAB": "\t", "NEWLINE": "\n",
-                             "general": general, "getter": itemgetter(*names) if len(names) > 1 else _one(names[0])}  # fmt: skip
-    exec(compile("\n".join(lines) + "\n", f"<row formatter {len(columns)} columns>", "exec"), scope)  # noqa: S102 - our own column names
-    return scope["line"]  # type: ignore[no-any-return]
-
-
-def _one(name: str) -> Callable[[Mapping[str, Any]], tuple[Any]]:
-    return lambda row: (row[name],)
-
-
-def _json_field(value: Any) -> str:
-    """JSON as a COPY text field: orjson writes no raw control character, so only backslashes
-    need doubling."""
-    data = _orjson_dumps(value, default=_default)
-    return data.decode() if b"\\" not in data else data.decode().replace("\\", "\\\\")
-
-
-def _general_formatter(columns: Sequence[tuple[str, str]]) -> Callable[[Mapping[str, Any]], str]:
-    """The line of any row: missing columns are NULL, any value type ``_text`` knows."""
+    ((name, kind) pairs). Generated: one f-string, no loop over the columns, and no call for a
+    NULL, a number, a boolean or a text that needs no escaping (the common case)."""
     lines = ["def line(row):", "    get = row.get"]
     parts = []
     for index, (name, kind) in enumerate(columns):
@@ -268,10 +214,11 @@ class Fold:
     def apply_text(self, text: str, *, escaped: bool = True) -> int:
         """Fold lines of ``EVENT_COLUMNS`` (COPY text as ``parse_events`` reads it, or raw values
         when not ``escaped``: ``rebuild.read_events``) and return how many were read. The same
-        rows as ``apply(parse_events(text))``, cheaper: no event object, ``data`` parsed by orjson straight from the line, and each stream's row
-        updated in place with the projector's own steps (``projections.model.Steps``), which is
-        the immutable fold minus the copies no one sees (the fold owns its rows). An event the
-        checks refuse goes through the projector's ``apply`` for its exact refusal."""
+        rows as ``apply(parse_events(text))``, cheaper: no event object, ``data`` parsed by
+        orjson straight from the line, and each stream's row updated in place with the
+        projector's own steps (``projections.model.Steps``), which is the immutable fold minus
+        the copies no one sees (the fold owns its rows). An event the checks refuse goes through
+        the projector's ``apply`` for its exact refusal."""
         spec = self.model.steps
         if spec is None:
             events = parse_events(text if escaped else escape_lines(text))

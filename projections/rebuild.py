@@ -239,8 +239,12 @@ class RowWriter:
 
     def write(self, streams_rows: Sequence[tuple[str, Row]]) -> None:
         """Inside the caller's transaction."""
-        fresh = [row for stream, row in streams_rows if stream not in self.written]
-        again = [row for stream, row in streams_rows if stream in self.written]
+        written = self.written
+        if written:
+            fresh = [row for stream, row in streams_rows if stream not in written]
+            again = [row for stream, row in streams_rows if stream in written]
+        else:
+            fresh, again = [row for _, row in streams_rows], []
         if fresh:
             self._copy_in(ident(self.table), fresh)
         if again:
@@ -261,7 +265,7 @@ class RowWriter:
         line = self.line
         with self.conn.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table, self._names)) as copy:
             for start in range(0, len(rows), 5000):
-                copy.write("".join([line(row) for row in rows[start : start + 5000]]))
+                copy.write("".join(map(line, rows[start : start + 5000])).encode())
 
 
 def set_progress(conn: psycopg.Connection[Any], run_id: str, part: str, position: int, events: int) -> None:

@@ -131,9 +131,13 @@ def _no_gc() -> Iterator[None]:
 
 
 def _checkpoint(conn: psycopg.Connection[Any], writer: rebuild.RowWriter, fold: bulk.Fold, run_id: str, part: str, position: int) -> None:
-    dirty = sorted(fold.dirty)
+    dirty, rows = fold.dirty, fold.rows
+    if len(dirty) * 2 > len(rows):  # most rows (a fresh build): in the order they were made
+        changed = [(s, row) for s, row in rows.items() if s in dirty]
+    else:
+        changed = [(s, rows[s]) for s in dirty]
     with conn.transaction():
-        writer.write([(s, fold.rows[s]) for s in dirty])
+        writer.write(changed)
         rebuild.set_progress(conn, run_id, part, position, fold.events)
     fold.dirty = set()
 
