@@ -1,14 +1,15 @@
 """Bulk folding for replays: events in as COPY text, read-model rows out as COPY text.
 
 Pure functions, no I/O. The replay streams the ``events`` table with ``COPY … TO STDOUT``
-(text format), folds it in memory with the very ``apply`` functions the live projector uses
-(``projections.users|projects|tasks``), and writes the rows with ``COPY … FROM STDIN``.
+(lines of the fields PostgreSQL printed: ``rebuild.read_events``), folds it in memory with the
+live projectors' own steps (``projections.users|projects|tasks``, ``Fold.apply_text``), and
+writes the rows with ``COPY … FROM STDIN``.
 
 Why text, parsed by hand: one ``str.split`` per event and one JSON parse of ``data`` (orjson
 when installed) is the cheapest way through Python; times stay the strings PostgreSQL printed
 (the projectors only carry them into rows, and COPY reads them back unchanged), so no datetime
-is ever built. The row formatter is generated per table (one f-string per row, no loop over
-columns): it is the hot path of the write side.
+and no event object is ever built. The row formatter is generated per table (one f-string per
+row, no loop over columns): it is the hot path of the write side.
 
 COPY text escaping: a backslash, tab, newline or carriage return in a value is escaped with a
 backslash; ``\\N`` is NULL. ``jsonb`` output never holds a raw control character, so in a

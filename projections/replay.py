@@ -3,9 +3,11 @@
 Guarantees
 ----------
 - **Same rows as the live projector.** Events are folded with the live projector's own pure
-  ``apply`` functions, through the same upcasters, in each stream's version order. An event
-  ``apply`` refuses stops its stream there, as the live projector parks it: the row stays as it
-  was, the failure is reported and recorded in ``projection_failures`` at the swap.
+  steps (``apply`` is those steps stamping a copy of the row; the replay updates one working
+  row per stream in place, which drops only copies no one sees: ``projections.model``), through
+  the same upcasters, in each stream's version order. An event ``apply`` refuses stops its
+  stream there, as the live projector parks it: the row stays as it was, the failure is
+  reported and recorded in ``projection_failures`` at the swap.
 - **Nothing missed, nothing applied twice.** Parts read ``(position, target]`` ranges in global
   order; positions are handed out in commit order (``event_store.postgres``), so a range read
   once the target is visible is complete. The tail written during the build is folded in
