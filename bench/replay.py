@@ -12,6 +12,8 @@ Measured in the same run, on the same table:
 - ``replay_events_per_s``: ``taskstream replay`` (all read models, swap included) from its
   start to the swap's commit, events folded / wall time.
 ``ratio`` = replay / COPY TO. Goals: >= 100,000 events/s and ratio >= 0.5.
+Also printed, as the machine is shared: the CPU the replay took per event, its Python's (all,
+and the parts' by stage: read, fold, write) and, with the embedded server, PostgreSQL's.
 
 BENCH_SHARDS sets the shards of the largest read model (default: one per core).
 Uses DATABASE_URL and REDIS_URL if set (as the owner of the read models), else embedded
@@ -146,6 +148,30 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def server_cpu(pid: int | None) -> float | None:
+    """CPU seconds of the embedded PostgreSQL: the postmaster, its live children, and (in the
+    postmaster's children's times) its exited backends. None for an external server."""
+    if pid is None:
+        return None
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in f[11:13]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def main() -> int:
     import psycopg
 
@@ -155,6 +181,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-replay-"))
     started: list[embedded.ServerProcess] = []
     try:
+        pg_pid = None
         if os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL"):
             from taskstream.migrate import upgrade
 
@@ -163,6 +190,7 @@ def main() -> int:
         else:
             pg = embedded.start_postgres(folder / "pg", embedded.free_port(), fsync=True)
             started.append(pg)
+            pg_pid = pg.process.pid
             valkey = embedded.start_valkey(folder / "valkey", embedded.free_port())
             started.append(valkey)
             db_url, redis_url = pg.url, valkey.url
@@ -186,9 +214,11 @@ def main() -> int:
         del lines
         copy_rate, copied = copy_to_rate(db_url)
         replay = Replay(db_url, Request(shards=int(os.environ.get("BENCH_SHARDS", 0))), invalidate=redis_invalidator(redis_url))
-        cpu_before = _cpu()
+        cpu_before, pg_before = _cpu(), server_cpu(pg_pid)
         result = replay.run()
         cpu = _cpu() - cpu_before
+        pg_after = server_cpu(pg_pid)
+        pg_cpu = None if pg_before is None or pg_after is None else pg_after - pg_before
         replay_rate = result.events / result.seconds
         copy_rate_again, _ = copy_to_rate(db_url)  # the baseline again, after: the machine is shared
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -214,6 +244,9 @@ def main() -> int:
         "goal_met": replay_rate >= GOAL and replay_rate / baseline >= GOAL_RATIO,
         "replay_python_cpu_seconds": round(cpu, 2),
         "replay_events_per_python_cpu_s": round(result.events / cpu, 1) if cpu else None,
+        "python_cpu_us_per_event": {k: round(v / result.events * 1e6, 2) for k, v in replay.part_cpu.items()} | {
+            "all": round(cpu / result.events * 1e6, 2)},
+        "postgres_cpu_us_per_event": round(pg_cpu / result.events * 1e6, 2) if pg_cpu is not None else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "rows": rows,
         "failures": len(result.failures),

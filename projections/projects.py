@@ -2,45 +2,60 @@
 
 Task counts by status live in the same row but belong to the tasks projection (see
 ``projections.tasks.count_changes``): ``apply`` never touches them, and the upsert leaves them
-alone, so either projection may create the row first.
+alone, so either projection may create the row first (a row at version 0 is one the tasks
+projection made: for this projector, no row yet).
 """
 
 from __future__ import annotations
 
-from projections.model import ReadModel, Row, UnknownEvent, first, require, stamped
+from typing import Any
+
+from projections.model import ReadModel, Row, Steps
 from schemas.envelope import RecordedEvent
 
 NAME = "projects"
 
 
+def _created(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"project_id": data["project_id"], "owner_id": data["owner_id"], "name": data["name"],
+            "description": data.get("description", ""), "archived": False, "members": {str(data["owner_id"]): "owner"},
+            "created_at": at, "created_position": position}  # fmt: skip
+
+
+def _updated(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {k: v for k, v in data["changes"].items() if k in ("name", "description") and v is not None}
+
+
+def _archived(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"archived": True}
+
+
+def _member_set(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"members": {**row["members"], str(data["user_id"]): data["role"]}}
+
+
+def _member_removed(row: Row, data: Any, at: Any, position: int) -> Row:
+    gone = str(data["user_id"])
+    return {"members": {user: role for user, role in row["members"].items() if user != gone}}
+
+
+STEPS = Steps(
+    NAME,
+    first="project.created",
+    steps={
+        "project.created": _created,
+        "project.updated": _updated,
+        "project.archived": _archived,
+        "project.member_added": _member_set,
+        "project.member_role_changed": _member_set,
+        "project.member_removed": _member_removed,
+    },
+    zero_is_none=True,
+)
+
+
 def apply(row: Row | None, event: RecordedEvent) -> Row:
-    data = event.data
-    if event.type == "project.created":
-        first(row, event)
-        return stamped(
-            {},
-            event,
-            project_id=data["project_id"],
-            owner_id=data["owner_id"],
-            name=data["name"],
-            description=data.get("description", ""),
-            archived=False,
-            members={str(data["owner_id"]): "owner"},
-            created_at=event.recorded_at,
-            created_position=event.global_position,
-        )
-    row = require(row if row is None or row.get("version", 0) > 0 else None, event)
-    if event.type == "project.updated":
-        changes = {k: v for k, v in data["changes"].items() if k in ("name", "description") and v is not None}
-        return stamped(row, event, **changes)
-    if event.type == "project.archived":
-        return stamped(row, event, archived=True)
-    if event.type in ("project.member_added", "project.member_role_changed"):
-        return stamped(row, event, members={**row["members"], str(data["user_id"]): data["role"]})
-    if event.type == "project.member_removed":
-        members = {user: role for user, role in row["members"].items() if user != str(data["user_id"])}
-        return stamped(row, event, members=members)
-    raise UnknownEvent(NAME, event)
+    return STEPS.apply(row, event)
 
 
 MODEL = ReadModel(
@@ -50,4 +65,5 @@ MODEL = ReadModel(
     columns=("project_id", "owner_id", "name", "description", "archived", "members", "created_at", "updated_at",
              "created_position", "version", "global_position"),
     apply=apply,
+    steps=STEPS,
 )  # fmt: skip

@@ -3,9 +3,11 @@
 Guarantees
 ----------
 - **Same rows as the live projector.** Events are folded with the live projector's own pure
-  ``apply`` functions, through the same upcasters, in each stream's version order. An event
-  ``apply`` refuses stops its stream there, as the live projector parks it: the row stays as it
-  was, the failure is reported and recorded in ``projection_failures`` at the swap.
+  steps (``apply`` is those steps stamping a copy of the row; the replay updates one working
+  row per stream in place, which drops only copies no one sees: ``projections.model``), through
+  the same upcasters, in each stream's version order. An event ``apply`` refuses stops its
+  stream there, as the live projector parks it: the row stays as it was, the failure is
+  reported and recorded in ``projection_failures`` at the swap.
 - **Nothing missed, nothing applied twice.** Parts read ``(position, target]`` ranges in global
   order; positions are handed out in commit order (``event_store.postgres``), so a range read
   once the target is visible is complete. The tail written during the build is folded in
@@ -142,6 +144,7 @@ class Replay:
         self.failures: dict[str, bulk.Failure] = {}
         self.locked_seconds = 0.0
         self.phases: dict[str, float] = {}  # seconds per phase of the last run
+        self.part_cpu: dict[str, float] = {}  # CPU seconds of the parts' Python, by stage (read, fold, write)
 
     # The parts: the model with the most events is split in shards (folded in parallel).
     def parts(self, conn: psycopg.Connection[Any]) -> list[Part]:
@@ -187,7 +190,7 @@ class Replay:
             return self._interrupted(run_id, tables, started, events, resumed)
         with connect(self.url) as conn:
             for model in self.models:
-                rebuild.finish_table(conn, model.name, tables[model.name], run_id)
+                rebuild.finish_table(conn, model.name, tables[model.name], run_id, model.key)
             self.phases["indexes"] = time.monotonic() - started - self.phases["plan"] - self.phases["fold"]
             if not self.request.swap:
                 if "projects" in tables and "tasks" in tables:
@@ -289,7 +292,7 @@ class Replay:
 
                 _, failures = build_part(
                     self.url, run_id, tables[part.model], part, starts[part.name], target, chunk_span=req.chunk_span,
-                    checkpoint_events=req.checkpoint_events, report=report, stopped=self.stopped,
+                    checkpoint_events=req.checkpoint_events, report=report, stopped=self.stopped, cpu=self.part_cpu,
                 )  # fmt: skip
                 self._add_failures(failures)
             return events
@@ -325,6 +328,8 @@ class Replay:
                 elif message[0] == "done":
                     running.discard(message[1])
                     self._add_failures(message[3])
+                    for stage, seconds in message[4].items():
+                        self.part_cpu[stage] = self.part_cpu.get(stage, 0.0) + seconds
                 else:
                     running.discard(message[1])
                     errors.append(f"{message[1]}: {message[2]}")
@@ -347,26 +352,24 @@ class Replay:
 
     def _fold_tail(self, conn: psycopg.Connection[Any], tables: Mapping[str, str], after: int, until: int) -> int:
         """Fold (after, until] into the building tables, in the caller's transaction."""
-        events = bulk.parse_events(rebuild.copy_events(conn, [m.category for m in self.models], after, until))
-        by_category: dict[str, list[Any]] = {}
-        for event in events:
-            by_category.setdefault(event.stream.partition("-")[0], []).append(event)
+        total = 0
         for model in self.models:
-            mine = by_category.get(model.category, [])
-            if not mine:
+            read = rebuild.read_events(conn, [model.category], after, until)
+            texts = list(read)
+            if not texts:
                 continue
-            keys = {e.stream[len(model.category) + 1 :] for e in mine}
+            keys = {line.split("\t", 2)[1][len(model.category) + 1 :] for text in texts for line in text.split("\n") if line}
             valid = [k for k in keys if _is_uuid(k)]
             rows = rebuild.load_rows(conn, model, tables[model.name], keys=valid)
-            fold = bulk.Fold(model, registry(), rows=dict(rows), position=after)
+            fold = bulk.Fold(model, registry(), rows=rows, position=after)
             fold.failed = {s: f for s, f in self.failures.items() if s.startswith(model.category + "-")}
-            fold.apply(mine)
+            total += sum(fold.apply_text(text, escaped=read.escaped) for text in texts)
             writer = rebuild.RowWriter(conn, model, tables[model.name])
             writer.written = set(rows)
             writer.write([(s, fold.rows[s]) for s in sorted(fold.dirty)])
             self._add_failures(list(fold.failed.values()))
-        self.progress.advance(len(events))
-        return len(events)
+        self.progress.advance(total)
+        return total
 
     def _swap(self, conn: psycopg.Connection[Any], run_id: str, tables: Mapping[str, str], position: int) -> tuple[int, int]:
         names = {m.name for m in self.models}

@@ -11,60 +11,62 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from typing import Any
 
-from projections.model import ReadModel, Row, UnknownEvent, first, require, stamped
+from projections.model import ReadModel, Row, Steps
 from schemas.envelope import RecordedEvent
 
 NAME = "tasks"
 
 
+def _submitted(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"task_id": data["task_id"], "project_id": data["project_id"], "kind": data["kind"], "payload": data["payload"],
+            "status": "queued", "priority": data["priority"], "max_attempts": data["max_attempts"],
+            "timeout_seconds": data["timeout_seconds"], "attempts": 0, "worker_id": None, "submitted_at": at,
+            "started_at": None, "succeeded_at": None, "failed_at": None, "cancelled_at": None, "result_ref": None,
+            "result": None, "summary": None, "last_error": None, "cancel_reason": None, "retry_scheduled": False,
+            "created_position": position}  # fmt: skip
+
+
+def _started(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"status": "running", "attempts": data["attempt"], "worker_id": data["worker_id"], "started_at": at,
+            "retry_scheduled": False}  # fmt: skip
+
+
+def _succeeded(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"status": "succeeded", "succeeded_at": at, "result_ref": data.get("result_ref"), "result": data.get("result"),
+            "summary": data.get("summary", "")}  # fmt: skip
+
+
+def _failed(row: Row, data: Any, at: Any, position: int) -> Row:
+    retry = bool(data["retry_scheduled"])
+    return {"status": "queued" if retry else "failed", "failed_at": at, "last_error": data["error"], "retry_scheduled": retry}
+
+
+def _requeued(row: Row, data: Any, at: Any, position: int) -> Row:  # an admin granted a finally failed task one more attempt
+    return {"status": "queued", "max_attempts": data["max_attempts"], "retry_scheduled": False}
+
+
+def _cancelled(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"status": "cancelled", "cancelled_at": at, "cancel_reason": data.get("reason", "")}
+
+
+STEPS = Steps(
+    NAME,
+    first="task.submitted",
+    steps={
+        "task.submitted": _submitted,
+        "task.started": _started,
+        "task.succeeded": _succeeded,
+        "task.failed": _failed,
+        "task.requeued": _requeued,
+        "task.cancelled": _cancelled,
+    },
+)
+
+
 def apply(row: Row | None, event: RecordedEvent) -> Row:
-    data = event.data
-    at = event.recorded_at
-    if event.type == "task.submitted":
-        first(row, event)
-        return stamped(
-            {},
-            event,
-            task_id=data["task_id"],
-            project_id=data["project_id"],
-            kind=data["kind"],
-            payload=data["payload"],
-            status="queued",
-            priority=data["priority"],
-            max_attempts=data["max_attempts"],
-            timeout_seconds=data["timeout_seconds"],
-            attempts=0,
-            worker_id=None,
-            submitted_at=at,
-            started_at=None,
-            succeeded_at=None,
-            failed_at=None,
-            cancelled_at=None,
-            result_ref=None,
-            result=None,
-            summary=None,
-            last_error=None,
-            cancel_reason=None,
-            retry_scheduled=False,
-            created_position=event.global_position,
-        )
-    row = require(row, event)
-    if event.type == "task.started":
-        return stamped(row, event, status="running", attempts=data["attempt"], worker_id=data["worker_id"],
-                       started_at=at, retry_scheduled=False)  # fmt: skip
-    if event.type == "task.succeeded":
-        return stamped(row, event, status="succeeded", succeeded_at=at, result_ref=data.get("result_ref"),
-                       result=data.get("result"), summary=data.get("summary", ""))  # fmt: skip
-    if event.type == "task.failed":
-        retry = bool(data["retry_scheduled"])
-        return stamped(row, event, status="queued" if retry else "failed", failed_at=at, last_error=data["error"],
-                       retry_scheduled=retry)  # fmt: skip
-    if event.type == "task.requeued":  # an admin granted a finally failed task one more attempt
-        return stamped(row, event, status="queued", max_attempts=data["max_attempts"], retry_scheduled=False)
-    if event.type == "task.cancelled":
-        return stamped(row, event, status="cancelled", cancelled_at=at, cancel_reason=data.get("reason", ""))
-    raise UnknownEvent(NAME, event)
+    return STEPS.apply(row, event)
 
 
 def count_changes(moves: Iterable[tuple[str, str | None, str]]) -> dict[str, dict[str, int]]:
@@ -88,4 +90,5 @@ MODEL = ReadModel(
              "updated_at", "result_ref", "result", "summary", "last_error", "cancel_reason", "retry_scheduled",
              "created_position", "version", "global_position"),
     apply=apply,
+    steps=STEPS,
 )  # fmt: skip

@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
-from projections.model import ReadModel, Row, UnknownEvent, first, require, stamped
+from typing import Any
+
+from projections.model import ReadModel, Row, Steps
 from schemas.envelope import RecordedEvent
 
 NAME = "users"
 
 
+def _registered(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"user_id": data["user_id"], "email": data["email"], "display_name": data["display_name"], "role": data["role"],
+            "active": True, "created_at": at, "created_position": position}  # fmt: skip
+
+
+def _profile_updated(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"display_name": data["display_name"]}
+
+
+def _role_changed(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"role": data["role"]}
+
+
+def _deactivated(row: Row, data: Any, at: Any, position: int) -> Row:
+    return {"active": False}
+
+
+STEPS = Steps(
+    NAME,
+    first="user.registered",
+    steps={
+        "user.registered": _registered,
+        "user.profile_updated": _profile_updated,
+        "user.role_changed": _role_changed,
+        "user.deactivated": _deactivated,
+    },
+)
+
+
 def apply(row: Row | None, event: RecordedEvent) -> Row:
-    data = event.data
-    if event.type == "user.registered":
-        first(row, event)
-        return stamped(
-            {},
-            event,
-            user_id=data["user_id"],
-            email=data["email"],
-            display_name=data["display_name"],
-            role=data["role"],
-            active=True,
-            created_at=event.recorded_at,
-            created_position=event.global_position,
-        )
-    row = require(row, event)
-    if event.type == "user.profile_updated":
-        return stamped(row, event, display_name=data["display_name"])
-    if event.type == "user.role_changed":
-        return stamped(row, event, role=data["role"])
-    if event.type == "user.deactivated":
-        return stamped(row, event, active=False)
-    raise UnknownEvent(NAME, event)
+    return STEPS.apply(row, event)
 
 
 MODEL = ReadModel(
@@ -40,4 +50,5 @@ MODEL = ReadModel(
     columns=("user_id", "email", "display_name", "role", "active", "created_at", "updated_at",
              "created_position", "version", "global_position"),
     apply=apply,
+    steps=STEPS,
 )  # fmt: skip

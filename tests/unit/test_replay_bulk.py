@@ -48,6 +48,11 @@ def test_rows_folded_from_copy_text_equal_the_projectors_rows_and_survive_a_copy
             return {k: (v.isoformat() if hasattr(v, "isoformat") else str(v) if isinstance(v, uuid.UUID) else v) for k, v in row.items()}
 
         assert norm(folded) == norm(expected[stream])
+        # The fast path (lines straight into rows updated in place) gives the same rows.
+        fast = bulk.Fold(model, registry())
+        assert fast.apply_text(text) == len(events)
+        assert fast.rows == fold.rows and fast.dirty == fold.dirty and not fast.failed
+        assert (fast.position, fast.events) == (fold.position, fold.events)
         kinds = {"payload": "json", "result": "json", "members": "json", "active": "bool", "archived": "bool", "retry_scheduled": "bool",
                  "priority": "int", "max_attempts": "int", "timeout_seconds": "int", "attempts": "int", "version": "int",
                  "global_position": "int", "created_position": "int"}  # fmt: skip
@@ -77,3 +82,15 @@ def test_a_failing_event_stops_its_stream_and_a_resumed_fold_skips_what_it_appli
     resumed = bulk.Fold(model, registry(), rows={stream: fold.rows[stream]})
     resumed.apply(bulk.parse_events("\n".join(f"{line}\t2026-01-01 00:00:00+00" for line in (lines[0], lines[2]))))
     assert stream in resumed.failed and resumed.rows[stream]["version"] == 1  # v3 does not follow v1: it waits, as live
+    # The fast path refuses the same events with the same errors, and never touches rows it was given.
+    fast = bulk.Fold(model, registry())
+    fast.apply_text(text)
+    assert fast.rows == fold.rows and fast.failed == fold.failed and (fast.position, fast.events) == (3, 3)
+    again = bulk.Fold(model, registry(), rows={stream: fold.rows[stream]})
+    again.apply_text("\n".join(f"{line}\t2026-01-01 00:00:00+00" for line in (lines[0], lines[2])))
+    assert again.failed[stream].error == resumed.failed[stream].error
+    renamed = f"2\t{stream}\t2\tuser.profile_updated\t1\t" + '{"user_id": "%s", "display_name": "B"}' % uid
+    moved = bulk.Fold(model, registry(), rows={stream: fold.rows[stream]})
+    moved.apply_text(f"{renamed}\t2026-01-02 00:00:00+00\n")
+    assert moved.rows[stream]["display_name"] == "B" and moved.rows[stream]["version"] == 2
+    assert fold.rows[stream]["display_name"] == "A" and fold.rows[stream]["version"] == 1  # the given row is untouched
