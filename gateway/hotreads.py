@@ -45,7 +45,6 @@ Lane = Callable[[Scope, Send], Awaitable[bool]]  # True: answered
 
 _CACHE_CONTROL = (b"cache-control", b"private, no-cache")
 _JSON = (b"content-type", b"application/json")
-_ACTORS = 4096
 
 
 class HotRoute(Route):
@@ -69,7 +68,6 @@ class HotReads:
         self._deps = deps
         self._reads: Reads | None = deps.reads
         self._limited = deps.limits is not None and "read" in deps.limits.policies
-        self._actors: dict[tuple[str, str], Actor] = {}  # callers as stored, made once
         self.lanes: dict[str, Lane] = {"/v1/tasks/{task_id}": self.task, "/v1/projects/{project_id}": self.project}
 
     async def task(self, scope: Scope, send: Send) -> bool:
@@ -118,13 +116,7 @@ class HotReads:
         user = reads.near.get(f"{PREFIX}users:{subject}")
         if user is None or not user.view["active"]:
             return None
-        role = user.view["role"]
-        actor = self._actors.get((subject, role))
-        if actor is None:
-            if len(self._actors) >= _ACTORS:
-                self._actors.clear()
-            actor = self._actors[(subject, role)] = Actor(subject, role)
-        return actor, reads
+        return Actor(subject, user.view["role"]), reads
 
     def _subject(self, scope: Scope) -> str | None:
         """The subject of the request's bearer token when the verifier has it cached and the
