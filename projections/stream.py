@@ -313,8 +313,7 @@ class _Batches:
     def __init__(self, projector: Projector, consumer: Any, size: int) -> None:
         self._projector, self._consumer, self._size = projector, consumer, max(1, size)
         self._app = consumer.app
-        self._buffer: list[Any] = []
-        self._prepared: list[tuple[bool, Any]] = []  # the buffer's records decoded (``prepare``), same order
+        self._buffer: list[tuple[Any, tuple[bool, Any]]] = []  # (record, the record through ``prepare``)
         self._category = projector.model.category
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
@@ -338,8 +337,7 @@ class _Batches:
             self._consumer.track_message(message)
         # Decoded now, on arrival: while the batch before is in PostgreSQL (this loop is idle
         # then), not after it, in the batch's own time.
-        self._prepared.append(prepare(self._category, message))
-        self._buffer.append(message)
+        self._buffer.append((message, prepare(self._category, message)))
         self._pending.set()
         if len(self._buffer) >= self._size:
             self._full.set()
@@ -360,8 +358,8 @@ class _Batches:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_LINGER):
                             await self._full.wait()
-                batch, self._buffer = self._buffer[: self._size], self._buffer[self._size :]
-                prepared, self._prepared = self._prepared[: self._size], self._prepared[self._size :]
+                taken, self._buffer = self._buffer[: self._size], self._buffer[self._size :]
+                batch = [message for message, _ in taken]
                 behind = self._behind(batch)
                 if len(self._buffer) < self._size:
                     self._full.clear()
@@ -369,7 +367,7 @@ class _Batches:
                     self._pending.clear()
                 if len(self._buffer) < 2 * self._size:
                     self._room.set()
-                outcome = await commit_batch(self._projector, batch, prepared)
+                outcome = await commit_batch(self._projector, batch, [prepared for _, prepared in taken])
                 if refreshing is not None:
                     await refreshing
                 refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._consumer, batch))
