@@ -40,26 +40,20 @@ class LogFilter:
 
 def log_conditions(where: LogFilter) -> tuple[list[str], list[Any]]:
     """The SQL conditions of a page and their parameters (pure, so its shape can be unit-tested)."""
+    optional = (
+        ("stream_id = %s", where.stream),
+        ("type = ANY(%s)", None if where.types is None else list(where.types)),
+        ("metadata->>'actor' = %s", where.actor),
+        ("global_position < %s", where.before_position),
+        ("recorded_at > %s", where.after_time),
+        ("recorded_at < %s", where.before_time),
+    )
     conditions = ["global_position > %s", "category = ANY(%s)"]
     params: list[Any] = [where.after_position, list(where.categories)]
-    if where.stream is not None:
-        conditions.append("stream_id = %s")
-        params.append(where.stream)
-    if where.types is not None:
-        conditions.append("type = ANY(%s)")
-        params.append(list(where.types))
-    if where.actor is not None:
-        conditions.append("metadata->>'actor' = %s")
-        params.append(where.actor)
-    if where.before_position is not None:
-        conditions.append("global_position < %s")
-        params.append(where.before_position)
-    if where.after_time is not None:
-        conditions.append("recorded_at > %s")
-        params.append(where.after_time)
-    if where.before_time is not None:
-        conditions.append("recorded_at < %s")
-        params.append(where.before_time)
+    for condition, value in optional:
+        if value is not None:
+            conditions.append(condition)
+            params.append(value)
     return conditions, params
 
 
