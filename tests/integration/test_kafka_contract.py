@@ -29,12 +29,13 @@ from commands.authz import Actor
 from commands.handler import WriteContext
 from commands.service import Service
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import KafkaLog, KafkaTopics, ensure_topics, partition_for
+from event_store.kafka import ensure_topics
 from event_store.postgres import PostgresEventStore
-from event_store.relay import Relay, RelayConfig
+from event_store.relay import RelayConfig
 from schemas.catalog import public_data
 from schemas.contract import dataschema, envelope_schema, published_data_schemas
 from schemas.envelope import CATEGORIES, Metadata, NewEvent
+from tests.integration.test_relay import run_relay
 
 pytestmark = pytest.mark.kafka
 
@@ -82,20 +83,8 @@ async def workload(store: PostgresEventStore) -> None:
 
 async def publish(store: PostgresEventStore, bootstrap: str, prefix: str) -> None:
     config = RelayConfig(topic_prefix=prefix, checkpoint_name=f"relay-{prefix}", batch_size=50, poll_interval=0.2, source=SOURCE)
-    checkpoints = Checkpoints(store.pool)
     await ensure_topics(bootstrap, [f"{prefix}{c}" for c in CATEGORIES])
-    relay = Relay(store, checkpoints, lambda: KafkaLog.connect(bootstrap), config, partitioner=partition_for,
-                  topics=KafkaTopics(bootstrap), redact=public_data)  # fmt: skip
-    stop = asyncio.Event()
-    running = asyncio.create_task(relay.run(stop))
-    try:
-        head = await store.head_position()
-        async with asyncio.timeout(60):
-            while await checkpoints.get(config.checkpoint_name) < head:
-                await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 15)
+    await run_relay(store, Checkpoints(store.pool), bootstrap, config, await store.head_position(), timeout=60)  # redacts with public_data
 
 
 def consume(bootstrap: str, topics: list[str], want: int, timeout: float = 60) -> list[Any]:

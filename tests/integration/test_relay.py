@@ -58,14 +58,16 @@ def kafka_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: 
     )  # fmt: skip
 
 
-async def run_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, until: int) -> int:
+async def run_relay(
+    store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, until: int, timeout: float = 30
+) -> int:
     """Run a relay until its checkpoint reaches ``until``; return where it started."""
     stop = asyncio.Event()
     relay = kafka_relay(store, checkpoints, bootstrap, config, redact=public_data)
     started_at = await checkpoints.get(config.checkpoint_name)
     task = asyncio.create_task(relay.run(stop))
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(timeout):
             while await checkpoints.get(config.checkpoint_name) < until:
                 await asyncio.sleep(0.05)
     finally:
