@@ -50,6 +50,19 @@ def test_record_json_reads_what_the_standard_decoder_reads(value: bytes | str) -
     assert repr(stream.loads(value)) == repr(json.loads(value))
 
 
+_EDGES = [2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64, 10**18, 10**19, -(10**19)]  # where orjson stops
+_NUMBER = st.one_of(st.sampled_from(_EDGES), st.integers(min_value=-(10**25), max_value=10**25), st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300)
+@given(st.recursive(st.one_of(_NUMBER, st.text(alphabet="0123456789-ab", max_size=30), st.booleans(), st.none()),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+                    max_leaves=12))  # fmt: skip
+def test_record_json_reads_any_document_as_the_standard_decoder(document: object) -> None:
+    text = json.dumps(document)
+    assert repr(stream.loads(text.encode())) == repr(json.loads(text))
+
+
 @pytest.mark.parametrize("value", [b"{", b"", b'{"a": 1} x', b"\xff"])
 def test_record_json_refuses_what_the_standard_decoder_refuses(value: bytes) -> None:
     with pytest.raises(ValueError):
