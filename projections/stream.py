@@ -19,17 +19,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Coroutine, Generator, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 import orjson
-from faust.transport.drivers import aiokafka as aiokafka_driver
-from mode.services import WaitResults
 
 from opentelemetry.trace import SpanKind
 
+from projections import faust_consumer
 from projections.runtime import Outcome, Projector, Record
 from schemas.envelope import RecordedEvent, parse_uuid
 from taskstream.telemetry import context_from, is_sampled, traceparent_from_headers, tracer
@@ -152,114 +151,9 @@ async def commit_batch(projector: Projector, messages: list[Any], prepared: list
     return outcome
 
 
-class _PromptConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """faust fixes the consumer's ``fetch_max_wait_ms`` at 1500. tansu answers a fetch only when
-    that wait is over, even when records arrive meanwhile (measured: 450 ms per record at 1500 ms,
-    2 ms at 5 ms), so every event would wait there before it could be projected."""
-
-    fetch_max_wait_ms = 5
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read by consumer.start()
-        return consumer
-
-
-class _Consumer(aiokafka_driver.Consumer):
-    """faust's consumer, with the records of a projector's topic handed straight to its batches
-    (``feeds``, by topic), not through faust's channel and stream: those cost an event object,
-    a queue, a pass of the event loop and sensor calls per record. A record is tracked as
-    unacknowledged when it is buffered, exactly as faust's stream does, and acknowledged once its
-    batch is committed and the cache refreshed; so a rebalance still waits for every buffered
-    record (``stream_wait_empty``) and faust still commits no offset past an unapplied record.
-    A record fetched before the current generation (a partition since revoked) or while the flow
-    is suspended is not buffered, as faust's stream skips it: the partition's next owner reads it
-    from the committed offset."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.feeds: dict[str, _Batches] = {}
-        deliver = self.callback
-
-        async def on_message(message: Any) -> None:
-            feed = self.feeds.get(message.topic)
-            if feed is None:
-                await deliver(message)
-            else:
-                await feed.put(message)
-
-        self.callback = on_message
-
-    def _new_consumer_thread(self) -> aiokafka_driver.AIOKafkaConsumerThread:
-        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
-        """faust hands every fetched record to its streams with ``wait_first(deliver(record),
-        suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per record, about half the CPU
-        a record costs here. Delivering (into a channel's queue) almost never waits, so the
-        coroutine is first run inline: done without suspending, that is the outcome the race
-        would have had (the flow was not suspended, the consumer neither stopped nor crashed,
-        and nothing else ran meanwhile), without a task. Only one that has to wait (a full
-        queue, a suspended flow) races the events as before, resumed where it stopped."""
-        first = coros[0] if coros else None
-        if (
-            not isinstance(first, Coroutine)
-            or self._stopped.is_set()
-            or self._crashed.is_set()
-            or self.suspend_flow.is_set()
-        ):
-            return await super().wait_first(*coros, timeout=timeout)
-        try:
-            yielded = first.send(None)
-        except StopIteration as done:
-            for other in coros[1:]:
-                if isinstance(other, Coroutine):
-                    other.close()  # never started: closed, so it is not reported as never awaited
-            return WaitResults([first], [done.value], False)
-        return await super().wait_first(_Resumed(first, yielded), *coros[1:], timeout=timeout)
-
-
-class _Resumed:
-    """A coroutine already run to its first suspension (``yielded``), awaitable again: a task
-    awaiting this waits on what the coroutine waits on, then runs it on from there."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self._coro, self._yielded = coro, yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, pending = self._coro, self._yielded
-        while True:
-            try:
-                sent = yield pending
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - handed to the coroutine, as a task would
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    pending = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-
-class _Transport(aiokafka_driver.Transport):
-    Consumer = _Consumer
-
-
-class _App(faust.App):
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
-
-
 def build_app(config: StreamConfig, projectors: Mapping[str, Projector]) -> faust.App:
     """The app, with one agent per projector. Start it with ``await app.start()``."""
-    app = _App(
+    app = faust_consumer.App(
         config.group_id,
         broker=[f"kafka://{server.strip()}" for server in config.bootstrap_servers.split(",")],
         store="memory://",
@@ -285,7 +179,7 @@ def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> No
 
     async def project(stream: Any) -> None:
         # The agent subscribes the topic (consumer-group membership, rebalances); its records
-        # are handed to the batches by the consumer (``_Consumer.feeds``), never to ``stream``.
+        # are handed to the batches by the consumer (``FeedingConsumer.feeds``, a fetch at a time), never to ``stream``.
         consumer = app.consumer
         batches = _Batches(projector, consumer, config.batch_size)
         consumer.feeds[name] = batches
@@ -306,7 +200,7 @@ _LINGER = 0.02  # seconds a catching-up projector waits for its next batch to fi
 
 
 class _Batches:
-    """Group commit of a topic's records. The consumer only buffers (``put``); one task applies
+    """Group commit of a topic's records. The consumer only buffers (``put_many``); one task applies
     whatever the buffer holds (up to ``size``) as one batch, while the consumer keeps buffering
     the next: a lone record is applied at once, and under load each batch is what arrived during
     the previous one. The cache refresh of a committed batch runs while the next batch is
@@ -324,7 +218,8 @@ class _Batches:
         self._room.set()
         self._worker = asyncio.create_task(self._run(), name=f"project-{projector.model.name}")
 
-    async def put(self, message: Any) -> None:
+    async def put_many(self, messages: Sequence[Any]) -> None:
+        """Buffer one partition's fetched records (of one generation, in offset order)."""
         if len(self._buffer) >= 2 * self._size and not self._worker.done():
             self._room.clear()
             room = asyncio.ensure_future(self._room.wait())
@@ -333,16 +228,21 @@ class _Batches:
             finally:
                 room.cancel()
         app = self._app
-        if self._worker.done() or message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+        generation = app.consumer_generation_id
+        if (self._worker.done() or not app.flow_control.is_active()
+                or messages[0].generation_id != generation or messages[-1].generation_id != generation):  # fmt: skip
             return  # not buffered, not tracked: read again from the committed offset
-        if not message.tracked:
-            message.tracked = True
-            self._consumer.track_message(message)
-        # Decoded now, on arrival: while the batch before is in PostgreSQL (this loop is idle
-        # then), not after it, in the batch's own time.
-        self._buffer.append((message, prepare(self._category, message)))
+        track, category = self._consumer.track_message, self._category
+        buffer = self._buffer
+        for message in messages:
+            if not message.tracked:
+                message.tracked = True
+                track(message)
+            # Decoded now, on arrival: while the batch before is in PostgreSQL (this loop is idle
+            # then), not after it, in the batch's own time.
+            buffer.append((message, prepare(category, message)))
         self._pending.set()
-        if len(self._buffer) >= self._size:
+        if len(buffer) >= self._size:
             self._full.set()
 
     async def wait(self) -> None:
