@@ -22,6 +22,18 @@ def _settings() -> Settings:
     return Settings.from_env(dev_mode=os.environ.get("TASKSTREAM_DEV_MODE") == "1")
 
 
+def _long_lived_process() -> None:
+    """For a service process (gateway, relay, projector, worker), before its loop starts: the
+    objects made so far (modules, settings, the app) live as long as the process, so they are
+    kept out of the cyclic collector's work, and young objects are collected less often. At
+    CPython's defaults (700, 10, 10) the projector spent about a third of a 200,000-event
+    catch-up in the collector (44 full collections of 80-145 ms, each walking every row it
+    keeps): 9,100 events/s, against 12,300 with these thresholds (bench/project.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)
+
+
 def _install_stop(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -97,11 +109,7 @@ def _serve(app: object, args: argparse.Namespace, settings: Settings) -> None:
 
     from taskstream.wiring import gateway_server, uvicorn_options
 
-    # The objects made at start-up live as long as the process: keep them out of the cyclic
-    # collector's work, and collect young objects less often (fewer pauses in the tail latency).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 10)
+    _long_lived_process()
     options = uvicorn_options(settings)
     options.update({k: v for k, v in {"host": args.host, "port": args.port, "forwarded_allow_ips": args.forwarded_allow_ips}.items() if v})
     config = uvicorn.Config(
@@ -126,6 +134,7 @@ def cmd_relay(_args: argparse.Namespace) -> int:
         await run_relay(settings, stop)
 
     settings = _settings()
+    _long_lived_process()
     with _traced("relay"):
         asyncio.run(main())
     return 0
@@ -140,6 +149,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         _install_stop(stop)
         await run_projector(_settings(), stop, names=args.only or None)
 
+    _long_lived_process()
     with _traced("project"):
         asyncio.run(main())
     return 0
@@ -228,6 +238,7 @@ def cmd_work(args: argparse.Namespace) -> int:
         _install_stop(stop)
         await run_worker(_settings(), stop, concurrency=args.concurrency, metrics_port=args.metrics_port)
 
+    _long_lived_process()
     asyncio.run(main())
     return 0
 
