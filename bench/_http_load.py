@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 GET load generator: N keep-alive connections, one request in flight on each.
+"""A lean HTTP/1.1 load generator: N keep-alive connections, one request in flight on each
+(``run``: closed-loop GETs; ``Client``: requests whose answers the caller reads).
 
 Why not aiohttp or httpx: on a 2-core machine the load generator shares the cores with the
 servers it measures, and a client library spends 80-140 µs of CPU per request (parsing every
@@ -106,3 +107,97 @@ async def run(host: str, port: int, request: bytes, connections: int, seconds: f
     for future in done:
         await loop.create_connection(lambda f=future: _Connection(request, until, tally, f), host, port)  # type: ignore[misc]
     await asyncio.gather(*done)
+
+
+class _Exchange(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time: ``send`` gives a future of
+    (status, body), read by the same rules as ``_Connection`` (Content-Length, else an error)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._need = -1
+        self._status = 0
+        self._body_at = 0
+        self._answer: asyncio.Future[tuple[int, bytes]] | None = None
+        self._transport: Any = None
+        self.closed = False
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return self._answer
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._need < 0:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end].lower()
+            at = head.find(b"\r\ncontent-length:")
+            if at < 0:
+                self._fail(ConnectionError("a response without Content-Length"))
+                return
+            line_end = head.find(b"\r\n", at + 2)
+            self._status = int(head[9:12])
+            self._body_at = end + 4
+            self._need = self._body_at + int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+        if len(self._buffer) < self._need:
+            return
+        body, self._buffer = self._buffer[self._body_at : self._need], self._buffer[self._need :]
+        self._need = -1
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result((self._status, body))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("connection closed by the server"))
+
+    def close(self) -> None:
+        self._fail(ConnectionError("closed by the client"))
+
+
+class Client:
+    """Requests and their answers over a pool of keep-alive connections (one is opened whenever
+    none is idle): for a bench that needs the answers (open-loop writes, polling reads) without
+    a client library's CPU per request."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+        self.host, self.port, self._timeout = host, port, timeout
+        self._idle: list[_Exchange] = []
+        self._all: list[_Exchange] = []
+
+    async def request(self, request: bytes) -> tuple[int, bytes]:
+        """(status, body); ConnectionError or TimeoutError when there is no complete answer."""
+        while self._idle and self._idle[-1].closed:  # the server closes idle keep-alive connections
+            self._idle.pop()
+        if self._idle:
+            exchange = self._idle.pop()
+        else:
+            _, exchange = await asyncio.get_running_loop().create_connection(_Exchange, self.host, self.port)
+            self._all = [e for e in self._all if not e.closed] + [exchange]
+        async with asyncio.timeout(self._timeout):
+            answer = await exchange.send(request)
+        self._idle.append(exchange)  # only after a whole answer: never reused half-read
+        return answer
+
+    def close(self) -> None:
+        for exchange in self._all:
+            exchange.close()
+        self._idle.clear()
+
+
+def request_bytes(method: str, host: str, port: int, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
