@@ -76,10 +76,10 @@ class HotReads:
             return False
         reads, near = caller[1], caller[1].near
         task = near.get(f"{PREFIX}tasks:{scope['path_params']['task_id']}")
-        if task is None:
+        if task is None or not task.revision:  # revision 0: no such row, the route answers
             return False
         project = near.get(f"{PREFIX}projects:{task.view['project_id']}")
-        if project is None or not _may_see(project.view, caller[0]):
+        if project is None or not project.revision or not _may_see(project.view, caller[0]):
             return False
         return await _send(scope, send, reads, "tasks", task, ("tasks", "projects"), hits=3)
 
@@ -89,7 +89,7 @@ class HotReads:
             return False
         reads, near = caller[1], caller[1].near
         project = near.get(f"{PREFIX}projects:{scope['path_params']['project_id']}")
-        if project is None or not _may_see(project.view, caller[0]):
+        if project is None or not project.revision or not _may_see(project.view, caller[0]):
             return False
         return await _send(scope, send, reads, "projects", project, ("projects", "tasks"), hits=2)
 
@@ -114,7 +114,7 @@ class HotReads:
         reads = self._reads
         assert reads is not None and reads.near is not None
         user = reads.near.get(f"{PREFIX}users:{subject}")
-        if user is None or not user.view["active"]:
+        if user is None or not user.revision or not user.view["active"]:
             return None
         return Actor(subject, user.view["role"]), reads
 

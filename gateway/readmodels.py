@@ -6,6 +6,11 @@ process share one database read (single flight). When Redis fails, reads go to P
 second before Redis is tried again, and ``taskstream_cache_requests_total{result="fallback"}``
 counts them; writes never depend on Redis.
 
+A row that is not there is remembered too, as revision 0 (``ABSENT``) for ``absent_ttl``
+seconds, in Redis and the near-cache: a client polling for the task it has just submitted gets
+its 404s without a database read each. The projector's write-through of the row replaces it (any
+revision beats 0, and the change invalidates every near-cache), as it replaces an older row.
+
 A read with a consistency token first waits for the read models to reach the token's versions,
 then reads PostgreSQL directly: the cache is written after the projector's commit, so it may
 trail the database by a moment, and such a read must not.
@@ -44,6 +49,9 @@ class Entry:
     etag: str = ""  # views.etag of the view, made once per entry ("" : not made, compute it)
 
 
+ABSENT = Entry(0, b"", {})  # no such row (when it was read): a row's revision is 1 or more
+
+
 class Reads:
     def __init__(
         self,
@@ -53,12 +61,14 @@ class Reads:
         lag_meter: LagMeter,
         *,
         consistency_timeout: float = 5.0,
+        absent_ttl: int = 30,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.pool = pool
         self.cache = cache
         self.near = near
         self.consistency_timeout = consistency_timeout
+        self.absent_ttl = absent_ttl
         self._lag_meter = lag_meter
         self._lag: dict[str, Lag] = {}
         self._lag_at = 0.0
@@ -82,7 +92,7 @@ class Reads:
             entry = near.get(key)
             if entry is not None:
                 self._near_hits.inc()
-                return entry
+                return entry if entry.revision else None
         if self._redis_usable():
             assert self.cache is not None
             if near is not None:
@@ -91,8 +101,11 @@ class Reads:
             try:
                 got = await self.cache.get(key)
                 if got is not None:
-                    view = json.loads(got[1])
-                    found = Entry(got[0], got[1], view, views.etag(model, view))
+                    if got[0]:
+                        view = json.loads(got[1])
+                        found = Entry(got[0], got[1], view, views.etag(model, view))
+                    else:
+                        found = ABSENT
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
             finally:
@@ -100,7 +113,7 @@ class Reads:
                     near.end_fetch(key, found)
             if found is not None:
                 self.requests.labels("hit").inc()
-                return found
+                return found if found.revision else None
             if self._redis_usable():
                 self.requests.labels("miss").inc()
             else:
@@ -117,6 +130,13 @@ class Reads:
         try:
             row = await queries.get_row(self.pool, model, entity_id)
             if row is None:
+                if self.absent_ttl > 0 and self._redis_usable():
+                    assert self.cache is not None
+                    try:
+                        if await self.cache.put(key, 0, b"", ttl_seconds=self.absent_ttl):
+                            keep = ABSENT  # else the row has been written since: keep nothing
+                    except (RedisError, OSError) as exc:
+                        self._redis_failed(exc)
                 return None
             view = views.VIEWS[model](row)
             entry = Entry(views.revision(model, row), views.dumps(view), view, views.etag(model, view))

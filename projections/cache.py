@@ -10,6 +10,9 @@ and by Redis's own ``maxmemory`` policy where one is set.
 If Redis cannot be written, the projector remembers the keys it could not refresh (up to a bound)
 and deletes them once Redis answers again; past the bound it deletes every entry of the prefix.
 Nothing stale is served after an outage, whatever the server kept.
+
+Revision 0 with an empty body means "no such row" (gateways remember a miss for a short TTL):
+every row's revision is 1 or more, so the projector's write of the row replaces it.
 """
 
 from __future__ import annotations
@@ -109,8 +112,8 @@ class ReadCache:
         raw = await self.redis.get(key)
         return None if raw is None else decode(raw)
 
-    async def put(self, key: str, revision: int, body: bytes) -> bool:
-        return bool(await self._cas(keys=[key], args=[revision, body, self.ttl_seconds]))
+    async def put(self, key: str, revision: int, body: bytes, *, ttl_seconds: int | None = None) -> bool:
+        return bool(await self._cas(keys=[key], args=[revision, body, ttl_seconds or self.ttl_seconds]))
 
     async def put_many(self, entries: Sequence[tuple[str, int, bytes]]) -> None:
         """Write-through after a commit. Never raises: a failure marks the keys dirty."""

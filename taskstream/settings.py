@@ -78,6 +78,7 @@ class Settings:
     projector_batch_size: int = 2000  # the most events one transaction applies (group commit: no wait to fill)
     projector_session_timeout: float = 10.0  # consumer-group session; tansu joins take half of it (dev: 3)
     cache_ttl_seconds: int = 3600  # Redis entries of the read cache
+    cache_absent_ttl_seconds: int = 30  # "no such row" entries (a client polling for its new task); 0: none kept
     near_cache_entries: int = 10_000  # per gateway process; 0: no near-cache
     read_consistency_timeout: float = 5.0  # seconds a read with a consistency token may wait
     command_retries: int = 3
@@ -169,6 +170,7 @@ class Settings:
             "projector_batch_size": ("PROJECTOR_BATCH_SIZE", int),
             "projector_session_timeout": ("PROJECTOR_SESSION_TIMEOUT", float),
             "cache_ttl_seconds": ("CACHE_TTL_SECONDS", int),
+            "cache_absent_ttl_seconds": ("CACHE_ABSENT_TTL_SECONDS", int),
             "near_cache_entries": ("NEAR_CACHE_ENTRIES", int),
             "read_consistency_timeout": ("READ_CONSISTENCY_TIMEOUT", float),
             "metrics_host": ("METRICS_HOST", str),

@@ -253,7 +253,8 @@ def build_reads(settings: Settings, pool: object, redis_client: Redis, registry:
         invalidations = Invalidations(near, host=kwargs.get("host", "127.0.0.1"), port=int(kwargs.get("port", 6379)),
                                       password=kwargs.get("password"), db=int(kwargs.get("db", 0)))  # fmt: skip
     reads = Reads(pool, cache, near, LagMeter(pool, list(MODELS.values())),  # type: ignore[arg-type]
-                  consistency_timeout=settings.read_consistency_timeout, registry=registry)  # fmt: skip
+                  consistency_timeout=settings.read_consistency_timeout, absent_ttl=settings.cache_absent_ttl_seconds,
+                  registry=registry)  # fmt: skip
     return reads, invalidations
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -45,3 +46,47 @@ async def test_put_many_never_replaces_a_newer_or_equal_revision(cache: ReadCach
     # A gateway filling a miss with what it read a moment ago loses against what the projector wrote.
     assert not await cache.put(older, 2, b"stale")
     assert await cache.get(older) == (3, b"three:3")
+
+
+async def test_a_row_not_there_is_remembered_briefly_and_the_projectors_write_replaces_it(
+    cache: ReadCache, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads over PostgreSQL and Redis: a missing row is read from the database once, then
+    answered from Redis (revision 0, a short TTL) until the projector writes the row; a stale
+    "absent" written after the row never hides it."""
+    from gateway import readmodels
+    from projections.catalog import MODELS
+    from projections.lag import LagMeter
+
+    reads = readmodels.Reads(store.pool, cache, None, LagMeter(store.pool, list(MODELS.values())), absent_ttl=7)
+    database_reads = 0
+    real_get_row = readmodels.queries.get_row
+
+    async def counted(*args: Any) -> Any:
+        nonlocal database_reads
+        database_reads += 1
+        return await real_get_row(*args)
+
+    monkeypatch.setattr(readmodels.queries, "get_row", counted)
+    task_id = uuid.uuid4()
+    key = cache_key("tasks", task_id)
+    for _ in range(3):
+        assert await reads.get("tasks", task_id) is None
+    assert database_reads == 1
+    assert await cache.get(key) == (0, b"")
+    assert 0 < await cache.redis.ttl(key) <= 7
+
+    # The projector commits the row and writes it through: any revision replaces "absent".
+    body = b'{"id":"%s","version":1}' % str(task_id).encode()
+    await cache.put_many([(key, 1, body)])
+    entry = await reads.get("tasks", task_id)
+    assert entry is not None and (entry.revision, entry.body) == (1, body)
+    assert not await cache.put(key, 0, b"", ttl_seconds=7)  # a gateway's late "absent" loses
+    assert await cache.get(key) == (1, body) and await cache.redis.ttl(key) > 7
+    assert database_reads == 1
+
+    # Off (absent_ttl 0): nothing is remembered, each miss reads the database.
+    quiet = readmodels.Reads(store.pool, cache, None, LagMeter(store.pool, list(MODELS.values())), absent_ttl=0)
+    other = uuid.uuid4()
+    assert await quiet.get("tasks", other) is None and await quiet.get("tasks", other) is None
+    assert database_reads == 3 and await cache.get(cache_key("tasks", other)) is None
