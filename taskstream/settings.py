@@ -72,6 +72,7 @@ class Settings:
     relay_batch_size: int = 500
     relay_checkpoint_name: str = "relay"
     relay_log_check_interval: float = 2.0  # seconds between checks that the broker kept its log
+    relay_batch_interval: float = 0.02  # under load, the least seconds between two batches (fewer, larger ones)
     relay_leader_retry_seconds: float = 1.0  # how often a waiting relay tries for leadership
 
     projector_group_id: str = "taskstream-projector"
@@ -183,6 +184,7 @@ class Settings:
             "kafka_replication_factor": ("KAFKA_REPLICATION_FACTOR", int),
             "kafka_min_insync_replicas": ("KAFKA_MIN_INSYNC_REPLICAS", int),
             "relay_log_check_interval": ("RELAY_LOG_CHECK_INTERVAL", float),
+            "relay_batch_interval": ("RELAY_BATCH_INTERVAL", float),
             "relay_leader_retry_seconds": ("RELAY_LEADER_RETRY_SECONDS", float),
             "command_retries": ("COMMAND_RETRIES", int),
             "db_lock_timeout_ms": ("DB_LOCK_TIMEOUT_MS", int),

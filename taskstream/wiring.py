@@ -145,6 +145,7 @@ def build_relay(settings: Settings, store: PostgresEventStore, **kwargs: object)
             checkpoint_name=settings.relay_checkpoint_name,
             batch_size=settings.relay_batch_size,
             log_check_interval=settings.relay_log_check_interval,
+            batch_interval=settings.relay_batch_interval,
         ),
         partitioner=partition_for,
         topics=KafkaTopics(bootstrap, topic_settings(settings)),

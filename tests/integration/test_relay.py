@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -74,6 +76,40 @@ async def run_relay(
         stop.set()
         await asyncio.wait_for(task, 10)
     return started_at
+
+
+async def test_under_a_steady_stream_of_writes_a_batch_starts_at_most_once_per_interval(
+    store: PostgresEventStore, kafka_bootstrap: str, relay_env: tuple[RelayConfig, Checkpoints]
+) -> None:
+    """A write every ~2 ms for 1.5 s: with ``batch_interval`` 0.1 s the relay starts at most one
+    batch per 0.1 s (each takes what arrived meanwhile), and publishes every event once."""
+    config, checkpoints = relay_env
+    config = replace(config, batch_interval=0.1, batch_size=500)
+    published: list[int] = []
+    relay = kafka_relay(store, checkpoints, kafka_bootstrap, config, redact=public_data,
+                        observe=lambda batch, _at: published.append(len(batch)))  # fmt: skip
+    stop = asyncio.Event()
+    began = time.monotonic()
+    task = asyncio.create_task(relay.run(stop))
+    stream, written = f"task-{uuid.uuid4()}", 0
+    try:
+        while time.monotonic() - began < 1.5:
+            await store.append(stream, ANY, [NewEvent("task.touched", {"n": written})])
+            written += 1
+            await asyncio.sleep(0.002)
+        head = await store.head_position()
+        async with asyncio.timeout(30):
+            while await checkpoints.get(config.checkpoint_name) < head:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    elapsed = time.monotonic() - began
+    assert sum(published) == written
+    assert len(published) <= elapsed / config.batch_interval + 1
+    assert max(published) > 1
+    records = await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=written)
+    assert [json.loads(value)["data"]["n"] for _, _, value, _ in records] == list(range(written))
 
 
 async def test_every_event_is_published_keyed_by_stream_in_stream_order(
