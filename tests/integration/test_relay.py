@@ -112,6 +112,21 @@ async def test_under_a_steady_stream_of_writes_a_batch_starts_at_most_once_per_i
     assert [json.loads(value)["data"]["n"] for _, _, value, _ in records] == list(range(written))
 
 
+async def test_a_backlog_goes_in_full_batches_without_waiting_out_the_interval(
+    store: PostgresEventStore, kafka_bootstrap: str, relay_env: tuple[RelayConfig, Checkpoints]
+) -> None:
+    """2,000 events in the table before the relay starts, 50 a batch, a 1 s interval: full batches
+    follow each other at once, so the 40 batches take far less than the 40 s the interval would."""
+    config, checkpoints = relay_env
+    config = replace(config, batch_interval=1.0)
+    streams = [f"task-{uuid.uuid4()}" for _ in range(20)]
+    for round_ in range(100):
+        await asyncio.gather(*(store.append(s, ANY, [NewEvent("task.touched", {"round": round_})]) for s in streams))
+    await run_relay(store, checkpoints, kafka_bootstrap, config, await store.head_position(), timeout=30)
+    records = await consume(kafka_bootstrap, [f"{config.topic_prefix}task"], want=2000)
+    assert len({json.loads(value)["id"] for _, _, value, _ in records}) == 2000
+
+
 async def test_every_event_is_published_keyed_by_stream_in_stream_order(
     store: PostgresEventStore, kafka_bootstrap: str, relay_env: tuple[RelayConfig, Checkpoints]
 ) -> None:
