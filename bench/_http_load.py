@@ -30,6 +30,25 @@ class Tally:
     record: bool = False
 
 
+class NoContentLength(ValueError):
+    """A response this reader cannot delimit (chunked): it refuses rather than guesses."""
+
+
+def response_head(buffer: bytes) -> tuple[str, int, int] | None:
+    """(status, where the body starts, the whole response's length) once the head is in
+    ``buffer``; None before. Raises NoContentLength."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buffer[:end].lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0:
+        raise NoContentLength("a response without Content-Length")
+    line_end = head.find(b"\r\n", at + 2)
+    length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+    return head[9:12].decode(), end + 4, end + 4 + length
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, request: bytes, until: float, tally: Tally, done: asyncio.Future[None]) -> None:
         self._request, self._until, self._tally, self._done = request, until, tally, done
@@ -52,18 +71,14 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         while True:
             if self._need < 0:
-                end = self._buffer.find(b"\r\n\r\n")
-                if end < 0:
+                try:
+                    head = response_head(self._buffer)
+                except NoContentLength as exc:
+                    self._fail(str(exc))
                     return
-                head = self._buffer[:end].lower()
-                at = head.find(b"\r\ncontent-length:")
-                if at < 0:
-                    self._fail("a response without Content-Length")
+                if head is None:
                     return
-                line_end = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
-                self._status = head[9:12].decode()
-                self._need = end + 4 + length
+                self._status, _, self._need = head
             if len(self._buffer) < self._need:
                 return
             self._buffer = self._buffer[self._need :]
@@ -133,18 +148,15 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if self._need < 0:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
+            try:
+                head = response_head(self._buffer)
+            except NoContentLength as exc:
+                self._fail(ConnectionError(str(exc)))
                 return
-            head = self._buffer[:end].lower()
-            at = head.find(b"\r\ncontent-length:")
-            if at < 0:
-                self._fail(ConnectionError("a response without Content-Length"))
+            if head is None:
                 return
-            line_end = head.find(b"\r\n", at + 2)
-            self._status = int(head[9:12])
-            self._body_at = end + 4
-            self._need = self._body_at + int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+            status, self._body_at, self._need = head
+            self._status = int(status)
         if len(self._buffer) < self._need:
             return
         body, self._buffer = self._buffer[self._body_at : self._need], self._buffer[self._need :]

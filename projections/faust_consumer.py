@@ -84,7 +84,7 @@ class FeedingConsumer(aiokafka_driver.Consumer):
                     if active is not None and tp not in active and tp not in self._buffered_partitions:
                         continue
                     app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    await self._deliver(tp, fetched, generation)
+                    await self._deliver(tp, fetched)
                     await asyncio.sleep(0)  # as faust's yield every 100 records: let the loop breathe
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
@@ -103,7 +103,7 @@ class FeedingConsumer(aiokafka_driver.Consumer):
         finally:
             unset_flag(CONSUMER_FETCHING)
 
-    async def _deliver(self, tp: Any, fetched: Sequence[Any], generation: int) -> None:
+    async def _deliver(self, tp: Any, fetched: Sequence[Any]) -> None:
         """One partition's fetched records: those at or past the read offset, in order."""
         read = self._read_offset[tp]
         feed = self.feeds.get(tp.topic)

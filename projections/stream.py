@@ -179,7 +179,8 @@ def _add_agent(app: faust.App, config: StreamConfig, projector: Projector) -> No
 
     async def project(stream: Any) -> None:
         # The agent subscribes the topic (consumer-group membership, rebalances); its records
-        # are handed to the batches by the consumer (``FeedingConsumer.feeds``, a fetch at a time), never to ``stream``.
+        # are handed to the batches by the consumer (``FeedingConsumer.feeds``, a fetch at a
+        # time), never to ``stream``.
         consumer = app.consumer
         batches = _Batches(projector, consumer, config.batch_size)
         consumer.feeds[name] = batches
@@ -220,6 +221,8 @@ class _Batches:
 
     async def put_many(self, messages: Sequence[Any]) -> None:
         """Buffer one partition's fetched records (of one generation, in offset order)."""
+        if not messages:
+            return
         if len(self._buffer) >= 2 * self._size and not self._worker.done():
             self._room.clear()
             room = asyncio.ensure_future(self._room.wait())

@@ -67,7 +67,7 @@ def _records(*offsets: int) -> list[SimpleNamespace]:
 
 
 async def _deliver(state: _State, *offsets: int) -> None:
-    await FeedingConsumer._deliver(state, TP, _records(*offsets), 1)  # type: ignore[arg-type]
+    await FeedingConsumer._deliver(state, TP, _records(*offsets))  # type: ignore[arg-type]
 
 
 async def test_a_feed_gets_the_whole_fetch_at_once_in_order() -> None:
