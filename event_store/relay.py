@@ -43,7 +43,8 @@ matters on tansu: its cost per produce and fetch grows with the batches a partit
 Measured with one aiokafka producer at 800 records/s and one consumer, from the record's
 creation to the consumer: with a batch every ~2 ms the delay grew from 5 ms to 50-850 ms within
 a minute and tansu took 90 % of a core; with one every 20 ms it stayed at 15-18 ms, tansu at
-28 %. ``bench/lag.py``'s p99 went from 121-258 ms to 62-88 ms.
+28 %. ``bench/lag.py``'s p99 went from 87-258 ms (median 125, 15 runs) to 62-115 ms (median 67,
+10 runs).
 
 Only one relay publishes at a time: see event_store/leadership.py.
 """
