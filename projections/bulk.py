@@ -5,9 +5,9 @@ Pure functions, no I/O. The replay streams the ``events`` table with ``COPY … 
 live projectors' own steps (``projections.users|projects|tasks``, ``Fold.apply_text``), and
 writes the rows with ``COPY … FROM STDIN``.
 
-Why text, parsed by hand: one ``str.split`` per event and one JSON parse of ``data`` (orjson
-when installed) is the cheapest way through Python; times stay the strings PostgreSQL printed
-(the projectors only carry them into rows, and COPY reads them back unchanged), so no datetime
+Why text, parsed by hand: one ``str.split`` per event and one JSON parse of ``data``
+(``schemas.envelope.json_loads``, the live projector's reader) is the cheapest way through
+Python; times stay the strings PostgreSQL printed (the projectors only carry them into rows, and COPY reads them back unchanged), so no datetime
 and no event object is ever built. The row formatter is generated per table (one f-string per
 row, no loop over columns): it is the hot path of the write side.
 
@@ -18,31 +18,20 @@ backslash; ``\\N`` is NULL. ``jsonb`` output never holds a raw control character
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from projections.model import ReadModel, Row, Steps
-from schemas.envelope import RecordedEvent
+from schemas.envelope import RecordedEvent, json_loads
 from schemas.registry import Registry
 
-try:  # the fastest parser available; the standard one gives the same values
-    import orjson
+import orjson
 
-    json_loads = orjson.loads
 
-    def json_dumps(value: Any) -> str:
-        return orjson.dumps(value, default=_default).decode()
-
-except ImportError:  # pragma: no cover - orjson is a dependency
-
-    def json_loads(text: str) -> Any:
-        return json.loads(text)
-
-    def json_dumps(value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), default=_default)
+def json_dumps(value: Any) -> str:
+    return orjson.dumps(value, default=_default).decode()
 
 
 def _default(value: Any) -> Any:

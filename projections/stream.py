@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,13 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
-import orjson
 
 from opentelemetry.trace import SpanKind
 
 from projections import faust_consumer
 from projections.runtime import Outcome, Projector, Record
-from schemas.envelope import RecordedEvent, parse_uuid
+from schemas.envelope import RecordedEvent, json_loads, parse_uuid
 from taskstream.telemetry import context_from, is_sampled, traceparent_from_headers, tracer
 
 log = logging.getLogger("taskstream.projections")
@@ -47,31 +45,10 @@ class StreamConfig:
     data_dir: str | None = None  # faust's datadir (unused by the memory store, but always created)
 
 
-# Every ASCII digit as "0", every other byte as " ": a run of 19 digits is then a plain
-# substring search (a memchr-based scan), four times cheaper than the regular expression
-# ``[0-9]{19}`` on a record.
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_RUN = b"0" * 19
-
-
-def loads(value: bytes | str) -> Any:
-    """The record's JSON as ``json.loads`` reads it, by orjson (a few times faster) where the two
-    agree: a value with a run of 19 digits or more (orjson would turn an integer beyond 64 bits
-    into a float) or one orjson refuses (NaN) goes to the standard decoder, so a record is read,
-    or refused, exactly as before."""
-    raw = value if isinstance(value, bytes) else value.encode()
-    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(value)
-
-
 def decode(message: Any) -> Record | Exception:
     """A log record (faust's or aiokafka's) as a Record, or why it is not an event."""
     try:
-        event = RecordedEvent.from_json(loads(message.value))
+        event = RecordedEvent.from_json(json_loads(message.value))
     except Exception as exc:  # noqa: BLE001 - the caller parks it, never drops it
         return exc
     return Record(event, message.topic, message.partition, message.offset)

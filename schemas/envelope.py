@@ -6,10 +6,13 @@ string chosen by hand, never an import path, and ``schema_version`` sits beside 
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
+
+import orjson
 
 JSON: TypeAlias = dict[str, Any]
 
@@ -58,6 +61,27 @@ def parse_uuid(text: str) -> uuid.UUID:
             _set(parsed, "is_safe", _SAFE_UNKNOWN)
             return parsed
     return _UUID(text)
+
+
+# Every ASCII digit as "0", every other byte as " ": a run of 19 digits is then a plain
+# substring search (a memchr-based scan), four times cheaper than the regular expression
+# ``[0-9]{19}`` on a record.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
+def json_loads(value: bytes | str) -> Any:
+    """An event's JSON (a log record, a COPY field) as ``json.loads`` reads it, by orjson (a few
+    times faster) where the two agree: a value with a run of 19 digits or more (orjson would turn
+    an integer beyond 64 bits into a float) or one orjson refuses (NaN) goes to the standard
+    decoder, so the live projector and the replay read every event alike, or refuse it alike."""
+    raw = value if isinstance(value, bytes) else value.encode()
+    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,3 +94,22 @@ def test_a_failing_event_stops_its_stream_and_a_resumed_fold_skips_what_it_appli
     moved.apply_text(f"{renamed}\t2026-01-02 00:00:00+00\n")
     assert moved.rows[stream]["display_name"] == "B" and moved.rows[stream]["version"] == 2
     assert fold.rows[stream]["display_name"] == "A" and fold.rows[stream]["version"] == 1  # the given row is untouched
+
+
+def test_the_replay_reads_big_integers_in_a_payload_as_the_live_projector_does() -> None:
+    """An integer beyond 64 bits in a task's payload stays that integer in the replayed row (orjson
+    alone would make it a float): both paths read ``data`` with ``schemas.envelope.json_loads``."""
+    import json
+    from datetime import UTC, datetime
+
+    from schemas.envelope import RecordedEvent
+
+    task_id, project_id = uuid.uuid4(), uuid.uuid4()
+    payload = {"big": 123456789012345678901234567890, "edge": -(2**63) - 1, "small": 7}
+    data = {"task_id": str(task_id), "project_id": str(project_id), "kind": "echo", "payload": payload,
+            "priority": 5, "max_attempts": 3, "timeout_seconds": 60}  # fmt: skip
+    event = RecordedEvent(uuid.uuid4(), f"task-{task_id}", "task.submitted", 1, 1, 1, datetime(2026, 1, 1, tzinfo=UTC), data, {})
+    fast = bulk.Fold(tasks.MODEL, registry())
+    assert fast.apply_text(_copy_line(event, json.dumps(data)) + "\n") == 1 and not fast.failed
+    assert fast.rows[event.stream]["payload"] == payload
+    assert repr(fast.rows[event.stream]["payload"]) == repr(tasks.apply(None, event)["payload"])
