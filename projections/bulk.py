@@ -217,7 +217,6 @@ class Fold:
         rows, dirty, failed = self.rows, self.dirty, self.failed
         steps, first_type, zero_is_none, owns = spec.steps, spec.first, spec.zero_is_none, self.model.owns
         current, upcast, loads = self._current_text, self.registry.upcast, json_loads
-        canonical = re.compile(re.escape(self.model.category) + r"-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
         read = 0
         position = ""
         for line in text.split("\n"):
@@ -235,7 +234,7 @@ class Fold:
             if version <= have:
                 continue  # already applied (a resumed run re-reading its last chunk)
             try:
-                if row is None and not (canonical(stream) or owns(stream)):
+                if row is None and not owns(stream):
                     raise ValueError(f"not a {self.model.category} stream: {stream}")
                 if version != have + 1:
                     raise ValueError(f"{stream}: v{version} does not follow v{have}")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from schemas.envelope import RecordedEvent
+from schemas.envelope import RecordedEvent, parse_uuid
 
 Row: TypeAlias = dict[str, Any]
 Apply: TypeAlias = Callable[[Row | None, RecordedEvent], Row]
@@ -76,17 +76,26 @@ class ReadModel:
     steps: Steps | None = None  # the projector's steps, when it is written as steps (the replay's fast path)
 
     def entity_id(self, stream: str) -> uuid.UUID:
-        return uuid.UUID(stream[len(self.category) + 1 :])
+        return parse_uuid(stream[len(self.category) + 1 :])
+
+    def key_of(self, stream: str) -> str | None:
+        """The row id of ``stream`` as canonical text when it is ``<category>-<uuid>``, else None
+        (parsed by ``parse_uuid``: the consumers do this once per record)."""
+        entity = self._entity(stream)
+        return None if entity is None else str(entity)
 
     def owns(self, stream: str) -> bool:
         """Whether ``stream`` is ``<category>-<uuid>`` of this model."""
-        if not stream.startswith(self.category + "-"):
-            return False
+        return self._entity(stream) is not None
+
+    def _entity(self, stream: str) -> uuid.UUID | None:
+        category = self.category
+        if not stream.startswith(category) or stream[len(category) : len(category) + 1] != "-":
+            return None
         try:
-            self.entity_id(stream)
+            return parse_uuid(stream[len(category) + 1 :])
         except ValueError:
-            return False
-        return True
+            return None
 
     def stream_of(self, entity_id: uuid.UUID | str) -> str:
         return f"{self.category}-{entity_id}"

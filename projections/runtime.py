@@ -49,7 +49,7 @@ from psycopg_pool import AsyncConnectionPool
 from projections import views
 from projections.cache import ReadCache, cache_key
 from projections.model import ReadModel, Row
-from schemas.envelope import RecordedEvent, parse_uuid
+from schemas.envelope import RecordedEvent
 from schemas.registry import Registry
 
 log = logging.getLogger("taskstream.projections")
@@ -217,10 +217,9 @@ class Projector:
                 by_stream[record.event.stream].setdefault(record.event.version, record.event)
                 keys.setdefault(record.event.stream, record.key)
         written: list[Row] = []  # the rows of this model the transaction wrote, for the row cache
-        start = len(model.category) + 1
         for stream, key in keys.items():
             if key is None:
-                keys[stream] = str(parse_uuid(stream[start:]))  # model.entity_id, with the faster parse
+                keys[stream] = str(model.entity_id(stream))
         async with self._pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
                 # Pipelined: the lock, the parked streams and the rows' versions go in one round

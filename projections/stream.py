@@ -27,8 +27,9 @@ import faust
 from opentelemetry.trace import SpanKind
 
 from projections import faust_consumer
+from projections.model import ReadModel
 from projections.runtime import Outcome, Projector, Record
-from schemas.envelope import RecordedEvent, json_loads, parse_uuid
+from schemas.envelope import RecordedEvent, json_loads
 from taskstream.telemetry import context_from, is_sampled, traceparent_from_headers, tracer
 
 log = logging.getLogger("taskstream.projections")
@@ -54,22 +55,6 @@ def decode(message: Any) -> Record | Exception:
     return Record(event, message.topic, message.partition, message.offset)
 
 
-def owned_key(category: str, stream: str) -> str | None:
-    """The row id of ``stream`` as text when it is ``<category>-<uuid>`` (``ReadModel.owns``),
-    else None: parsed once here, the runtime takes it from the Record."""
-    if not stream.startswith(category) or stream[len(category) : len(category) + 1] != "-":
-        return None
-    try:
-        return str(parse_uuid(stream[len(category) + 1 :]))
-    except ValueError:
-        return None
-
-
-def owns(category: str, stream: str) -> bool:
-    """``ReadModel.owns``: whether ``stream`` is ``<category>-<uuid>`` (the UUID parsed fast)."""
-    return owned_key(category, stream) is not None
-
-
 def _headers(message: Any) -> list[tuple[str, Any]]:
     headers = getattr(message, "headers", None) or ()
     return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -80,29 +65,26 @@ async def project_batch(projector: Projector, messages: list[Any]) -> None:
     record an apply span in the trace of every sampled record (the relay's publish span is the
     parent, from the record's ``traceparent`` header), so one trace runs from the request to the
     read model."""
-    outcome = await commit_batch(projector, messages)
+    outcome = await commit_batch(projector, [(message, prepare(projector.model, message)) for message in messages])
     await projector.write_through(outcome)
 
 
-def prepare(category: str, message: Any) -> tuple[bool, Any]:
-    """(True, the Record with its row id) for an event of a stream this model owns; else
+def prepare(model: ReadModel, message: Any) -> tuple[bool, Any]:
+    """(True, the Record with its row id) for an event of a stream ``model`` owns; else
     (False, what to park it with: the decoded Record or the decoding error)."""
     decoded = decode(message)
-    key = owned_key(category, decoded.event.stream) if isinstance(decoded, Record) else None
+    key = model.key_of(decoded.event.stream) if isinstance(decoded, Record) else None
     if key is None:
         return False, decoded
     return True, Record(decoded.event, decoded.topic, decoded.partition, decoded.offset, key)
 
 
-async def commit_batch(projector: Projector, messages: list[Any], prepared: list[tuple[bool, Any]] | None = None) -> Outcome:
-    """``project_batch`` up to the commit: the caller refreshes the cache with the outcome
-    (``projector.write_through``) before it acknowledges the messages. ``prepared``: the
-    messages already through ``prepare`` (in order), else they are prepared here."""
+async def commit_batch(projector: Projector, taken: Sequence[tuple[Any, tuple[bool, Any]]]) -> Outcome:
+    """``project_batch`` up to the commit, for the messages paired with what ``prepare`` made of
+    them: the caller refreshes the cache with the outcome (``projector.write_through``) before it
+    acknowledges the messages."""
     records = []
-    category = projector.model.category
-    if prepared is None:
-        prepared = [prepare(category, message) for message in messages]
-    for message, (ready, value) in zip(messages, prepared, strict=True):
+    for message, (ready, value) in taken:
         if ready:
             records.append(value)
         else:
@@ -113,7 +95,7 @@ async def commit_batch(projector: Projector, messages: list[Any], prepared: list
     log.debug("%s: %d records in %.1f ms", projector.model.name, len(records), (time.perf_counter() - started) * 1000)
     ended_ns = time.time_ns()
     name = f"project {projector.model.name}"
-    for message in messages:
+    for message, _ in taken:
         headers = message.headers
         if not headers or (isinstance(headers, (list, tuple)) and not any(key == "traceparent" for key, _ in headers)):
             continue  # no trace context: no span (the common case, cheaply)
@@ -122,7 +104,7 @@ async def commit_batch(projector: Projector, messages: list[Any], prepared: list
             span = tracer("taskstream.projections").start_span(
                 name, context=context_from(traceparent, tracestate), kind=SpanKind.CONSUMER, start_time=started_ns,
                 attributes={"messaging.destination.name": message.topic, "messaging.kafka.offset": message.offset,
-                            "taskstream.batch_size": len(messages)},
+                            "taskstream.batch_size": len(taken)},
             )  # fmt: skip
             span.end(end_time=ended_ns)
     return outcome
@@ -189,7 +171,7 @@ class _Batches:
         self._projector, self._consumer, self._size = projector, consumer, max(1, size)
         self._app = consumer.app
         self._buffer: list[tuple[Any, tuple[bool, Any]]] = []  # (record, the record through ``prepare``)
-        self._category = projector.model.category
+        self._model = projector.model
         self._pending = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Event()
@@ -197,9 +179,8 @@ class _Batches:
         self._worker = asyncio.create_task(self._run(), name=f"project-{projector.model.name}")
 
     async def put_many(self, messages: Sequence[Any]) -> None:
-        """Buffer one partition's fetched records (of one generation, in offset order)."""
-        if not messages:
-            return
+        """Buffer one partition's fetched records (at least one, of one generation, in offset
+        order)."""
         if len(self._buffer) >= 2 * self._size and not self._worker.done():
             self._room.clear()
             room = asyncio.ensure_future(self._room.wait())
@@ -208,11 +189,10 @@ class _Batches:
             finally:
                 room.cancel()
         app = self._app
-        generation = app.consumer_generation_id
-        if (self._worker.done() or not app.flow_control.is_active()
-                or messages[0].generation_id != generation or messages[-1].generation_id != generation):  # fmt: skip
+        # Generations only grow: if the first record is of the current one, so are the others.
+        if self._worker.done() or not app.flow_control.is_active() or messages[0].generation_id != app.consumer_generation_id:
             return  # not buffered, not tracked: read again from the committed offset
-        track, category = self._consumer.track_message, self._category
+        track, model = self._consumer.track_message, self._model
         buffer = self._buffer
         for message in messages:
             if not message.tracked:
@@ -220,7 +200,7 @@ class _Batches:
                 track(message)
             # Decoded now, on arrival: while the batch before is in PostgreSQL (this loop is idle
             # then), not after it, in the batch's own time.
-            buffer.append((message, prepare(category, message)))
+            buffer.append((message, prepare(model, message)))
         self._pending.set()
         if len(buffer) >= self._size:
             self._full.set()
@@ -250,7 +230,7 @@ class _Batches:
                     self._pending.clear()
                 if len(self._buffer) < 2 * self._size:
                     self._room.set()
-                outcome = await commit_batch(self._projector, batch, [prepared for _, prepared in taken])
+                outcome = await commit_batch(self._projector, taken)
                 if refreshing is not None:
                     await refreshing
                 refreshing = asyncio.create_task(_refresh_then_ack(self._projector, outcome, self._consumer, batch))

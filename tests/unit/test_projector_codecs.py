@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections import projects, stream, tasks, users, views
+from projections import projects, tasks, users, views
 from projections.catalog import MODELS
 from schemas.envelope import json_loads, parse_uuid
 from tests.unit.projection_testkit import fold_rows, project_history, recorded, task_history, user_history
@@ -73,10 +73,15 @@ def test_record_json_refuses_what_the_standard_decoder_refuses(value: bytes) -> 
 
 @pytest.mark.parametrize("name", ["users", "projects", "tasks"])
 @pytest.mark.parametrize("suffix", [str(uuid.uuid4()), uuid.uuid4().hex, "{%s}" % uuid.uuid4(), "nope", "", "-"])
-def test_owns_agrees_with_the_model(name: str, suffix: str) -> None:
+def test_a_models_key_of_a_stream_is_uuids_canonical_text_of_its_id(name: str, suffix: str) -> None:
     model = MODELS[name]
     for stream_id in (f"{model.category}-{suffix}", f"{model.category}_x-{suffix}", f"other-{suffix}", model.category):
-        assert stream.owns(model.category, stream_id) == model.owns(stream_id)
+        try:
+            expected = str(uuid.UUID(suffix)) if stream_id == f"{model.category}-{suffix}" else None
+        except ValueError:
+            expected = None
+        assert model.key_of(stream_id) == expected
+        assert model.owns(stream_id) == (expected is not None)
 
 
 def _with_text_times(row: dict, offset: timezone) -> dict:  # noqa: ANN001
