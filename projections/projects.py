@@ -1,7 +1,7 @@
 """The ``projects`` read model: name, description, owner, archived, members with their roles.
 
-Task counts by status live in the same row but belong to the tasks projection (see
-``projections.tasks.count_changes``): ``apply`` never touches them, and the upsert leaves them
+Task counts by status live in the same row but belong to the tasks projection (its upsert
+moves them, ``projections.runtime.Projector``): ``apply`` never touches them, and the upsert leaves them
 alone, so either projection may create the row first (a row at version 0 is one the tasks
 projection made: for this projector, no row yet).
 """

@@ -9,8 +9,6 @@ partition's lock), the counts equal a count over the task rows.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 from projections.model import ReadModel, Row, Steps
@@ -67,18 +65,6 @@ STEPS = Steps(
 
 def apply(row: Row | None, event: RecordedEvent) -> Row:
     return STEPS.apply(row, event)
-
-
-def count_changes(moves: Iterable[tuple[str, str | None, str]]) -> dict[str, dict[str, int]]:
-    """Per project, how each status count moves, from (project_id, old status, new status)."""
-    deltas: dict[str, Counter[str]] = defaultdict(Counter)
-    for project_id, old, new in moves:
-        if old == new:
-            continue
-        if old is not None:
-            deltas[project_id][old] -= 1
-        deltas[project_id][new] += 1
-    return {p: {s: n for s, n in c.items() if n} for p, c in deltas.items() if any(c.values())}
 
 
 MODEL = ReadModel(

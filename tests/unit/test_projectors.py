@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -15,7 +14,6 @@ from schemas.envelope import RecordedEvent
 from tests.unit.projection_testkit import (
     T0,
     fold_rows,
-    interleave,
     project_history,
     recorded,
     task_history,
@@ -92,23 +90,3 @@ def test_a_user_row_agrees_with_the_deciders_state(history) -> None:  # noqa: AN
     assert (row["email"], row["display_name"], row["role"], row["active"]) == (state.email, state.display_name, state.role, state.active)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(task_history(project_id=uuid.UUID(int=7)), min_size=1, max_size=5), st.lists(st.integers(0, 10), max_size=60),
-       st.lists(st.integers(1, 6), min_size=1, max_size=10))  # fmt: skip
-def test_counts_moved_by_difference_equal_a_count_of_the_rows(histories, order, batch_sizes) -> None:  # noqa: ANN001
-    """Batches of any size, streams interleaved any way: the counts equal the final statuses."""
-    events = interleave({f"task-{h.state.task_id}": h.history for h in histories}, order)
-    rows: dict[str, dict] = {}
-    counts: Counter[str] = Counter()
-    i = 0
-    sizes = iter(batch_sizes * 100)
-    while i < len(events):
-        batch = events[i : i + next(sizes)]
-        i += len(batch)
-        before = {e.stream: rows.get(e.stream) for e in batch}
-        for e in batch:
-            rows[e.stream] = tasks.apply(rows.get(e.stream), e)
-        moves = [(str(rows[s]["project_id"]), (b or {}).get("status"), rows[s]["status"]) for s, b in before.items()]
-        for delta in tasks.count_changes(moves).values():
-            counts.update(delta)
-    assert +counts == Counter(h.state.status for h in histories)
