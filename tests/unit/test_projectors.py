@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from projections import projects, tasks, users, views
 from projections.model import OutOfOrder, UnknownEvent
