@@ -28,23 +28,8 @@ log = logging.getLogger("taskstream.cache")
 
 PREFIX = "ts:rm:"
 
-# KEYS[1] = key; ARGV = revision, value, ttl seconds. 1 when written, 0 when an equal or newer
-# revision is there already.
-_CAS = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local sep = string.find(current, ':', 1, true)
-  if sep then
-    local held = tonumber(string.sub(current, 1, sep - 1))
-    if held and held >= tonumber(ARGV[1]) then return 0 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
-return 1
-"""
-
-
-# The same for many keys in one call: KEYS = keys; ARGV[1] = ttl, ARGV[2] = the entries' values
+# Compare-and-set of many keys in one call (one key for ``put``): each is written unless Redis
+# holds an equal or newer revision. KEYS = keys; ARGV[1] = ttl, ARGV[2] = the entries' values
 # back to back, each as ``<length>:<revision>:<body>`` (length of ``<revision>:<body>``, the value
 # stored), in the order of KEYS. One argument instead of two per key: the client encodes and the
 # server parses far less.
@@ -102,7 +87,6 @@ class ReadCache:
     def __init__(self, redis: Redis, *, ttl_seconds: int = 3600, max_dirty: int = 100_000) -> None:
         self.redis = redis
         self.ttl_seconds = ttl_seconds
-        self._cas = redis.register_script(_CAS)
         self._cas_many = redis.register_script(_CAS_MANY)
         self._dirty: set[str] = set()
         self._dirty_overflow = False
@@ -113,7 +97,9 @@ class ReadCache:
         return None if raw is None else decode(raw)
 
     async def put(self, key: str, revision: int, body: bytes, *, ttl_seconds: int | None = None) -> bool:
-        return bool(await self._cas(keys=[key], args=[revision, body, ttl_seconds or self.ttl_seconds]))
+        """Write one entry unless Redis holds an equal or newer revision; True when written."""
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
+        return bool(await self._cas_many(keys=[key], args=[ttl, _packed([(key, revision, body)])]))
 
     async def put_many(self, entries: Sequence[tuple[str, int, bytes]]) -> None:
         """Write-through after a commit. Never raises: a failure marks the keys dirty."""
