@@ -59,7 +59,9 @@ class Steps:
             first(row, event)
             base: Row = {}
         else:
-            base = require(row if row is None or not self.zero_is_none or row.get("version", 0) > 0 else None, event)
+            if self.zero_is_none and row is not None and row.get("version", 0) <= 0:
+                row = None  # a row the tasks projection made for its counts: none for this projector
+            base = require(row, event)
         step = self.steps.get(event.type)
         if step is None:
             raise UnknownEvent(self.name, event)
