@@ -83,8 +83,8 @@ async def _project_now(store: PostgresEventStore, project_id: str) -> Row | None
 
 
 def _historical(request: Request, model: str, view: dict[str, Any]) -> Response:
-    entry = Entry(revision=views.revision(model, view), body=views.dumps(view), view=view)
-    return _answer(request, model, entry, {})
+    entry = Entry(revision=views.revision(model, view), body=views.dumps(view), view=view, etag=views.etag(model, view))
+    return _answer(request, entry, {})
 
 
 # --- time travel ------------------------------------------------------------------------------

@@ -270,12 +270,10 @@ class TokenVerifier:
         return None
 
     async def verify(self, token: str) -> Principal:
-        hit = self._verified.get(token)
-        if hit is not None:
-            principal, not_before, expires = hit
-            if not_before <= self._clock() < expires:
-                return principal
-            del self._verified[token]
+        principal = self.cached(token)
+        if principal is not None:
+            return principal
+        self._verified.pop(token, None)  # outside its validity window, if there at all
         principal = await self._verify(token)
         claims = principal.claims
         self._verified[token] = (principal, float(claims.get("nbf", 0)) - self.leeway_seconds, float(claims["exp"]) + self.leeway_seconds)
@@ -322,13 +320,18 @@ class TokenVerifier:
 
 async def bearer_principal(request: HTTPConnection, verifier: TokenVerifier) -> Principal:
     """The principal of ``Authorization: Bearer <token>``, or ``AuthError``."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return await verifier.verify(bearer_token(request.headers.get("authorization", "")))
+
+
+def bearer_token(header: str) -> str:
+    """The token of an ``Authorization`` header's value (``""``: none sent), or ``AuthError``."""
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
         raise AuthError("missing bearer token", error=None)
     token = token.strip()
     if not token or " " in token:
         raise AuthError("malformed bearer token")
-    return await verifier.verify(token)
+    return token
 
 
 def build_auth(

@@ -35,11 +35,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from commands.authz import Actor
+from gateway.auth import AuthError, bearer_token
 from gateway.readmodels import Entry, Reads
 from gateway.reads import _etag_matches, _may_see
 from gateway.routes import Deps
-from projections import views
-from projections.cache import PREFIX
 
 Lane = Callable[[Scope, Send], Awaitable[bool]]  # True: answered
 
@@ -62,78 +61,68 @@ class HotRoute(Route):
 
 
 class HotReads:
-    """The lanes of one gateway's by-id reads (see the module doc); ``lanes`` by path template."""
+    """The lanes of one gateway's by-id reads (see the module doc); ``lanes`` by path template.
+    ``deps.reads`` is set: ``gateway.app`` makes lanes only for a gateway that serves reads."""
 
     def __init__(self, deps: Deps) -> None:
         self._deps = deps
-        self._reads: Reads | None = deps.reads
-        self._limited = deps.limits is not None and "read" in deps.limits.policies
+        self._reads: Reads = deps.reads
         self.lanes: dict[str, Lane] = {"/v1/tasks/{task_id}": self.task, "/v1/projects/{project_id}": self.project}
 
     async def task(self, scope: Scope, send: Send) -> bool:
-        caller = await self._start(scope)
-        if caller is None:
+        actor = await self._start(scope)
+        if actor is None:
             return False
-        reads, near = caller[1], caller[1].near
-        task = near.get(f"{PREFIX}tasks:{scope['path_params']['task_id']}")
-        if task is None or not task.revision:  # revision 0: no such row, the route answers
+        task = self._reads.peek("tasks", scope["path_params"]["task_id"])
+        if task is None or self._visible(actor, task.view["project_id"]) is None:
             return False
-        project = near.get(f"{PREFIX}projects:{task.view['project_id']}")
-        if project is None or not project.revision or not _may_see(project.view, caller[0]):
-            return False
-        return await _send(scope, send, reads, "tasks", task, ("tasks", "projects"), hits=3)
+        return await _send(scope, send, self._reads, task, ("tasks", "projects"), hits=3)  # user, task, project
 
     async def project(self, scope: Scope, send: Send) -> bool:
-        caller = await self._start(scope)
-        if caller is None:
+        actor = await self._start(scope)
+        if actor is None:
             return False
-        reads, near = caller[1], caller[1].near
-        project = near.get(f"{PREFIX}projects:{scope['path_params']['project_id']}")
-        if project is None or not project.revision or not _may_see(project.view, caller[0]):
+        project = self._visible(actor, scope["path_params"]["project_id"])
+        if project is None:
             return False
-        return await _send(scope, send, reads, "projects", project, ("projects", "tasks"), hits=2)
+        return await _send(scope, send, self._reads, project, ("projects", "tasks"), hits=2)  # user, project
 
-    async def _start(self, scope: Scope) -> tuple[Actor, Reads] | None:
+    def _visible(self, actor: Actor, project_id: str) -> Entry | None:
+        """The project's entry when the caller may see it; None when the route must decide."""
+        project = self._reads.peek("projects", project_id)
+        return project if project is not None and _may_see(project.view, actor) else None
+
+    async def _start(self, scope: Scope) -> Actor | None:
         """The lanes' common first steps: the token's subject, the ``read`` limit counted, the
         caller as stored; None when the route must decide."""
         subject = self._subject(scope)
         if subject is None:
             return None
-        if self._limited:
-            await self._admit(scope, subject)
+        limits = self._deps.limits
+        if limits is not None:  # a no-op without a ``read`` policy
+            await limits.admit_subject(scope, "read", subject)  # RateLimited: the edge answers 429
         return self._caller(subject)
 
-    async def _admit(self, scope: Scope, subject: str) -> None:
-        assert self._deps.limits is not None
-        await self._deps.limits.admit_subject(scope, "read", subject)  # RateLimited: the edge answers 429
-
-    def _caller(self, subject: str) -> tuple[Actor, Reads] | None:
+    def _caller(self, subject: str) -> Actor | None:
         """The caller as stored (``gateway.reads._caller``); None when the route must decide.
         Near-cache keys are made from canonical UUIDs only, so a hit on the raw subject (or path
         parameter) means the route would have looked up that very key."""
-        reads = self._reads
-        assert reads is not None and reads.near is not None
-        user = reads.near.get(f"{PREFIX}users:{subject}")
-        if user is None or not user.revision or not user.view["active"]:
+        user = self._reads.peek("users", subject)
+        if user is None or not user.view["active"]:
             return None
-        return Actor(subject, user.view["role"]), reads
+        return Actor(subject, user.view["role"])
 
     def _subject(self, scope: Scope) -> str | None:
         """The subject of the request's bearer token when the verifier has it cached and the
         lane may go on (no query string, not an analyst); None when the route must decide."""
-        reads = self._reads
-        if reads is None or reads.near is None or scope["query_string"]:
+        if self._reads.near is None or scope["query_string"]:
             return None
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
-        if authorization is None:
+        authorization = _header(scope, b"authorization")
+        if authorization is None:  # the common anonymous case decided without an exception
             return None
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or " " in token:
+        try:
+            token = bearer_token(authorization)
+        except AuthError:
             return None
         principal = self._deps.verifier.cached(token)
         if principal is None or principal.role == "analyst":  # gateway.analysts refuses it
@@ -141,19 +130,22 @@ class HotReads:
         return principal.subject
 
 
-async def _send(scope: Scope, send: Send, reads: Reads, model: str, entry: Entry, lag_models: tuple[str, ...], *, hits: int) -> bool:
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of the header ``name`` (lower case), as Starlette decodes it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _send(scope: Scope, send: Send, reads: Reads, entry: Entry, lag_models: tuple[str, ...], *, hits: int) -> bool:
     lag = reads.lag_fields(lag_models)
     if lag is None:
         return False
-    etag = entry.etag or views.etag(model, entry.view)
-    headers = [*lag, (b"etag", etag.encode("latin-1")), _CACHE_CONTROL]
-    if_none_match = None
-    for name, value in scope["headers"]:
-        if name == b"if-none-match":
-            if_none_match = value.decode("latin-1")
-            break
+    headers = [*lag, (b"etag", entry.etag.encode("latin-1")), _CACHE_CONTROL]
+    if_none_match = _header(scope, b"if-none-match")
     reads.count_near_hits(hits)
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    if if_none_match is not None and _etag_matches(if_none_match, entry.etag):
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return True

@@ -197,7 +197,7 @@ class RateLimits:
         ``principal_key`` gives it); the request is then not counted again on its route."""
         policy = self.policies.get(route_class)
         if policy is not None:
-            await self._check(scope, policy, f"user:{subject}")
+            await self._check(scope, policy, subject_key(subject))
             scope["state"][ADMITTED_KEY] = True
 
     async def admit_login(self, request: Request, email: str) -> None:
@@ -231,11 +231,16 @@ def address_key(request: Request) -> str:
     return f"addr:{address}"
 
 
+def subject_key(subject: str) -> str:
+    """The key of a caller known by their token's subject."""
+    return f"user:{subject}"
+
+
 async def principal_key(request: Request, verifier: TokenVerifier) -> str:
     """The token's subject when a valid bearer token is sent, else the address."""
     if "authorization" in request.headers:
         try:
-            return f"user:{(await bearer_principal(request, verifier)).subject}"
+            return subject_key((await bearer_principal(request, verifier)).subject)
         except (AuthError, SigningKeysUnavailable):
             pass  # the handler answers 401/503; count it against the address meanwhile
     return address_key(request)

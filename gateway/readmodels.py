@@ -46,10 +46,10 @@ class Entry:
     revision: int
     body: bytes
     view: dict[str, Any]
-    etag: str = ""  # views.etag of the view, made once per entry ("" : not made, compute it)
+    etag: str  # views.etag of the view, made once per entry
 
 
-ABSENT = Entry(0, b"", {})  # no such row (when it was read): a row's revision is 1 or more
+ABSENT = Entry(0, b"", {}, "")  # no such row (when it was read): a row's revision is 1 or more
 
 
 class Reads:
@@ -121,6 +121,14 @@ class Reads:
         else:
             self.requests.labels("fallback").inc()
         return await self._single_flight(key, lambda: self._from_database(model, entity_id, key))
+
+    def peek(self, model: str, entity_id: str) -> Entry | None:
+        """The near-cache's entry of a row that is there; None when there is no near-cache, no
+        entry, or the row is remembered as absent. Counts nothing: the caller counts what it uses."""
+        if self.near is None:
+            return None
+        entry = self.near.get(cache_key(model, entity_id))
+        return entry if entry is not None and entry.revision else None
 
     async def _from_database(self, model: str, entity_id: uuid.UUID | str, key: str) -> Entry | None:
         near = self.near

@@ -28,7 +28,7 @@ from gateway.http import path_uuid
 from gateway.readmodels import Entry, Reads
 from gateway.routes import Deps, Endpoint, _actor
 from gateway.views import FailureList, ProjectList, ProjectView, TaskList, TaskView, UserView
-from projections import queries, views
+from projections import queries
 from projections.runtime import list_failures
 from schemas.tasks import TASK_STATUSES
 
@@ -93,11 +93,10 @@ def _etag_matches(header: str, etag: str) -> bool:
     return etag in tags
 
 
-def _answer(request: Request, model: str, entry: Entry, headers: dict[str, str]) -> Response:
-    etag = entry.etag or views.etag(model, entry.view)
-    headers = {**headers, "ETag": etag, "Cache-Control": "private, no-cache"}
+def _answer(request: Request, entry: Entry, headers: dict[str, str]) -> Response:
+    headers = {**headers, "ETag": entry.etag, "Cache-Control": "private, no-cache"}
     if_none_match = request.headers.get("if-none-match")
-    if if_none_match is not None and _etag_matches(if_none_match, etag):
+    if if_none_match is not None and _etag_matches(if_none_match, entry.etag):
         return Response(status_code=304, headers=headers)
     return Response(entry.body, media_type="application/json", headers=headers)
 
@@ -108,7 +107,7 @@ async def get_me(request: Request, deps: Deps) -> Response:
     entry = await reads.get("users", caller.user_id, fresh=fresh) if _is_uuid(caller.user_id) else None
     if entry is None:
         raise NotFound("no user read model for this token's subject yet")
-    return _answer(request, "users", entry, await _lag_headers(reads, ("users",), fresh))
+    return _answer(request, entry, await _lag_headers(reads, ("users",), fresh))
 
 
 async def get_user(request: Request, deps: Deps) -> Response:
@@ -119,7 +118,7 @@ async def get_user(request: Request, deps: Deps) -> Response:
     entry = await reads.get("users", user_id, fresh=fresh)
     if entry is None:
         raise NotFound("no such user")
-    return _answer(request, "users", entry, await _lag_headers(reads, ("users",), fresh))
+    return _answer(request, entry, await _lag_headers(reads, ("users",), fresh))
 
 
 async def get_project(request: Request, deps: Deps) -> Response:
@@ -129,7 +128,7 @@ async def get_project(request: Request, deps: Deps) -> Response:
     entry = await reads.get("projects", project_id, fresh=fresh)
     if entry is None or not _may_see(entry.view, caller):
         raise NotFound("no such project")
-    return _answer(request, "projects", entry, await _lag_headers(reads, ("projects", "tasks"), fresh))
+    return _answer(request, entry, await _lag_headers(reads, ("projects", "tasks"), fresh))
 
 
 async def get_task(request: Request, deps: Deps) -> Response:
@@ -142,7 +141,7 @@ async def get_task(request: Request, deps: Deps) -> Response:
     project = await reads.get("projects", entry.view["project_id"], fresh=fresh)
     if project is None or not _may_see(project.view, caller):
         raise NotFound("no such task")
-    return _answer(request, "tasks", entry, await _lag_headers(reads, ("tasks", "projects"), fresh))
+    return _answer(request, entry, await _lag_headers(reads, ("tasks", "projects"), fresh))
 
 
 async def list_projects(request: Request, deps: Deps) -> Response:

@@ -114,16 +114,16 @@ async def both(world: World, path: str, headers: dict[str, str], monkeypatch: py
     from gateway import reads as reads_module
 
     calls = 0
-    real = {name: getattr(reads_module, name) for name in ("_answer",)}
+    real_answer = reads_module._answer
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
-        return real["_answer"](*args, **kwargs)
+        return real_answer(*args, **kwargs)
 
-    monkeypatch.setattr(reads_module, "_answer", counting)
-    fast = await world.get(True, path, headers)
-    monkeypatch.setattr(reads_module, "_answer", real["_answer"])
+    with monkeypatch.context() as patched:
+        patched.setattr(reads_module, "_answer", counting)
+        fast = await world.get(True, path, headers)
     return fast, slow, calls
 
 

@@ -58,13 +58,13 @@ async def test_concurrent_misses_of_one_key_share_one_database_read() -> None:
         nonlocal loads
         loads += 1
         await gate.wait()
-        return Entry(1, b"{}", {})
+        return Entry(1, b"{}", {}, '"1"')
 
     waiting = [asyncio.create_task(reads._single_flight("k", load)) for _ in range(50)]
     await asyncio.sleep(0.01)
     gate.set()
     results = await asyncio.gather(*waiting)
-    assert loads == 1 and all(r == Entry(1, b"{}", {}) for r in results)
+    assert loads == 1 and all(r == Entry(1, b"{}", {}, '"1"') for r in results)
     assert reads._flights == {}  # the next miss reads again
 
 
