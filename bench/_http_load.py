@@ -49,12 +49,20 @@ def response_head(buffer: bytes) -> tuple[str, int, int] | None:
     return head[9:12].decode(), end + 4, end + 4 + length
 
 
+def take_response(buffer: bytes) -> tuple[str, bytes, bytes] | None:
+    """(status, body, the bytes after it) once a whole response is in ``buffer``; None before.
+    Raises NoContentLength. A head split over reads is parsed again: answers here are small."""
+    head = response_head(buffer)
+    if head is None or len(buffer) < head[2]:
+        return None
+    status, body_at, end = head
+    return status, buffer[body_at:end], buffer[end:]
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, request: bytes, until: float, tally: Tally, done: asyncio.Future[None]) -> None:
         self._request, self._until, self._tally, self._done = request, until, tally, done
         self._buffer = b""
-        self._need = -1  # the whole response's length once its head is in
-        self._status = ""
         self._sent = 0.0
         self._transport: Any = None  # asyncio's or uvloop's (not an asyncio.Transport subclass)
 
@@ -70,24 +78,19 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         while True:
-            if self._need < 0:
-                try:
-                    head = response_head(self._buffer)
-                except NoContentLength as exc:
-                    self._fail(str(exc))
-                    return
-                if head is None:
-                    return
-                self._status, _, self._need = head
-            if len(self._buffer) < self._need:
+            try:
+                response = take_response(self._buffer)
+            except NoContentLength as exc:
+                self._fail(str(exc))
                 return
-            self._buffer = self._buffer[self._need :]
-            self._need = -1
+            if response is None:
+                return
+            status, _, self._buffer = response
             now = time.perf_counter()
             tally = self._tally
             if tally.record:
                 tally.latencies_ms.append((now - self._sent) * 1000)
-                tally.statuses[self._status] = tally.statuses.get(self._status, 0) + 1
+                tally.statuses[status] = tally.statuses.get(status, 0) + 1
             if now >= self._until:
                 self._finish()
                 return
@@ -109,11 +112,6 @@ class _Connection(asyncio.Protocol):
             self._done.set_result(None)
 
 
-def get_request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
 async def run(host: str, port: int, request: bytes, connections: int, seconds: float, tally: Tally) -> None:
     """Keep ``connections`` connections busy with ``request`` for ``seconds``."""
     loop = asyncio.get_running_loop()
@@ -130,9 +128,6 @@ class _Exchange(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._need = -1
-        self._status = 0
-        self._body_at = 0
         self._answer: asyncio.Future[tuple[int, bytes]] | None = None
         self._transport: Any = None
         self.closed = False
@@ -147,22 +142,16 @@ class _Exchange(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self._need < 0:
-            try:
-                head = response_head(self._buffer)
-            except NoContentLength as exc:
-                self._fail(ConnectionError(str(exc)))
-                return
-            if head is None:
-                return
-            status, self._body_at, self._need = head
-            self._status = int(status)
-        if len(self._buffer) < self._need:
+        try:
+            response = take_response(self._buffer)
+        except NoContentLength as exc:
+            self._fail(ConnectionError(str(exc)))
             return
-        body, self._buffer = self._buffer[self._body_at : self._need], self._buffer[self._need :]
-        self._need = -1
+        if response is None:
+            return
+        status, body, self._buffer = response
         if self._answer is not None and not self._answer.done():
-            self._answer.set_result((self._status, body))
+            self._answer.set_result((int(status), body))
 
     def _fail(self, error: Exception) -> None:
         self.closed = True

@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,9 +74,9 @@ class LogWatcher:
             await consumer.stop()
 
 
-async def run_phase(client: Any, base: str, tasks_url: str, headers: dict[str, str], watcher: LogWatcher, *,
+async def run_phase(client: Any, tasks_path: str, headers: dict[str, str], watcher: LogWatcher, *,
                     rate: float | None, seconds: float) -> dict[str, Any]:  # fmt: skip
-    """Submissions at ``rate`` per second (None: closed loop at 64 connections); sampled lags."""
+    """Submissions to ``tasks_path`` at ``rate`` per second (None: closed loop at 64 connections); sampled lags."""
     from _http_load import request_bytes
 
     lags: list[tuple[float, float]] = []  # (ack time, lag ms)
@@ -86,7 +87,7 @@ async def run_phase(client: Any, base: str, tasks_url: str, headers: dict[str, s
     pollers: list[asyncio.Task[None]] = []
     every = max(1, int((rate or 1000) / SAMPLES_PER_S))
     host, port = client.host, client.port
-    submission = request_bytes("POST", host, port, tasks_url[len(base) :], {**headers, "Content-Type": "application/json"}, TASK)
+    submission = request_bytes("POST", host, port, tasks_path, {**headers, "Content-Type": "application/json"}, TASK)
 
     async def poll(task_id: str, acked_at: float, sent_at: float) -> None:
         read = request_bytes("GET", host, port, f"/v1/tasks/{task_id}", headers)
@@ -171,12 +172,13 @@ def main() -> int:
             tasks_url, headers = await gateway_setup(base, env)
             watcher = LogWatcher(kafka, f"{prefix}task")
             watching = asyncio.create_task(watcher.run())
-            client = Client(HOST, int(base.rsplit(":", 1)[1]))
+            tasks = urlsplit(tasks_url)
+            client = Client(HOST, tasks.port or 80)
             try:
-                await run_phase(client, base, tasks_url, headers, watcher, rate=None, seconds=1)  # warm-up
-                peak = await run_phase(client, base, tasks_url, headers, watcher, rate=None, seconds=SECONDS)
-                half = await run_phase(client, base, tasks_url, headers, watcher, rate=peak["write_rps"] / 2, seconds=SECONDS)
-                full = await run_phase(client, base, tasks_url, headers, watcher, rate=None, seconds=2 * SECONDS)
+                await run_phase(client, tasks.path, headers, watcher, rate=None, seconds=1)  # warm-up
+                peak = await run_phase(client, tasks.path, headers, watcher, rate=None, seconds=SECONDS)
+                half = await run_phase(client, tasks.path, headers, watcher, rate=peak["write_rps"] / 2, seconds=SECONDS)
+                full = await run_phase(client, tasks.path, headers, watcher, rate=None, seconds=2 * SECONDS)
             finally:
                 client.close()
                 watching.cancel()

@@ -88,12 +88,12 @@ def serve_baseline(port: int, redis_url: str, key: str) -> None:
 async def load(url: str, headers: dict[str, str], server_pid: int) -> dict[str, Any]:
     from urllib.parse import urlsplit
 
-    from _http_load import Tally, get_request, run
+    from _http_load import Tally, request_bytes, run
     from http_write import pct, tree_cpu_seconds
 
     parts = urlsplit(url)
     host, port = parts.hostname or HOST, parts.port or 80
-    request = get_request(host, port, parts.path, headers)
+    request = request_bytes("GET", host, port, parts.path, headers)
     tally = Tally()
     await run(host, port, request, CONNECTIONS, WARMUP, tally)
     tally.record = True
