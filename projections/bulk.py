@@ -185,7 +185,8 @@ class Fold:
 
     ``dirty``: streams whose row changed since the last flush; ``failed``: streams stopped at an
     event ``apply`` refused (as the live projector parks them: the row stays as it was before
-    that event and the stream's later events wait)."""
+    that event and the stream's later events wait). The fold owns ``rows``, the ones it is given
+    included (``rebuild.load_rows`` makes them for it): ``apply_text`` updates them in place."""
 
     model: ReadModel
     registry: Registry
@@ -198,14 +199,12 @@ class Fold:
     def __post_init__(self) -> None:
         self._current = {t: cls.SCHEMA_VERSION for t, cls in self.registry.classes.items()}
         self._current_text = {t: str(v) for t, v in self._current.items()}
-        # The fold updates its rows in place (``apply_text``): it owns them, never a caller's.
-        self.rows = {stream: dict(row) for stream, row in self.rows.items()}
 
     def apply_text(self, text: str, *, escaped: bool = True) -> int:
         """Fold lines of ``EVENT_COLUMNS`` (COPY text as ``parse_events`` reads it, or raw values
         when not ``escaped``: ``rebuild.read_events``) and return how many were read. The same
         rows as ``apply(parse_events(text))``, cheaper: no event object, ``data`` parsed by
-        orjson straight from the line, and each stream's row updated in place with the
+        ``json_loads`` straight from the line, and each stream's row updated in place with the
         projector's own steps (``projections.model.Steps``), which is the immutable fold minus
         the copies no one sees (the fold owns its rows). An event the checks refuse goes through
         the projector's ``apply`` for its exact refusal."""
