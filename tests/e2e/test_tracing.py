@@ -30,6 +30,7 @@ from schemas.envelope import CATEGORIES
 from taskstream.settings import Settings
 from taskstream.wiring import build_relay
 from tests.e2e.conftest import User
+from tests.support.relaying import wait_for_checkpoint
 from tests.support.tracing import Recorded, recorded_spans
 from workers.consumer import TaskLogConsumer
 from workers.kinds import Services, load_registry
@@ -60,9 +61,7 @@ async def relay_until(store: PostgresEventStore, bootstrap: str, config: RelayCo
     relay = build_relay(settings, store)
     task = asyncio.create_task(relay.run(stop))
     try:
-        async with asyncio.timeout(30):
-            while await checkpoints.get(config.checkpoint_name) < position:
-                await asyncio.sleep(0.05)
+        await wait_for_checkpoint(checkpoints, config.checkpoint_name, position)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

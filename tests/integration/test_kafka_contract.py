@@ -35,7 +35,7 @@ from event_store.relay import RelayConfig
 from schemas.catalog import public_data
 from schemas.contract import dataschema, envelope_schema, published_data_schemas
 from schemas.envelope import CATEGORIES, Metadata, NewEvent
-from tests.integration.test_relay import run_relay
+from tests.support.relaying import run_relay
 
 pytestmark = pytest.mark.kafka
 

@@ -11,36 +11,17 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from event_store.checkpoints import Checkpoints
-from event_store.kafka import KafkaLog, KafkaTopics, ensure_topics, partition_for
+from event_store.kafka import KafkaLog, ensure_topics
 from event_store.postgres import PostgresEventStore
-from event_store.relay import Relay, RelayConfig
+from event_store.relay import RelayConfig
 from schemas.catalog import public_data
 from schemas.envelope import ANY, CATEGORIES, NewEvent
+from tests.support.relaying import consume, kafka_relay, run_relay, wait_for_checkpoint
 
 pytestmark = pytest.mark.kafka
 
-
-
-async def consume(bootstrap: str, topics: list[str], want: int, timeout: float = 30) -> list[tuple[str, bytes, bytes, dict[str, bytes]]]:
-    """Read every partition of ``topics`` from the beginning until ``want`` records arrived."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ()) or [0, 1, 2, 3]]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[tuple[str, bytes, bytes, dict[str, bytes]]] = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(records) < want and asyncio.get_running_loop().time() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for tp, messages in batches.items():
-                records.extend((tp.topic, m.key, m.value, dict(m.headers)) for m in messages)
-        return records
-    finally:
-        await consumer.stop()
 
 
 @pytest.fixture
@@ -51,31 +32,6 @@ async def relay_env(store: PostgresEventStore, kafka_bootstrap: str, unique: str
     await checkpoints.set(config.checkpoint_name, await store.head_position())
     await ensure_topics(kafka_bootstrap, [f"{config.topic_prefix}{c}" for c in CATEGORIES])
     yield config, checkpoints
-
-
-def kafka_relay(store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, **kwargs: object) -> Relay:
-    return Relay(
-        store, checkpoints, lambda: KafkaLog.connect(bootstrap), config,
-        partitioner=partition_for, topics=KafkaTopics(bootstrap), **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
-
-
-async def run_relay(
-    store: PostgresEventStore, checkpoints: Checkpoints, bootstrap: str, config: RelayConfig, until: int, timeout: float = 30
-) -> int:
-    """Run a relay until its checkpoint reaches ``until``; return where it started."""
-    stop = asyncio.Event()
-    relay = kafka_relay(store, checkpoints, bootstrap, config, redact=public_data)
-    started_at = await checkpoints.get(config.checkpoint_name)
-    task = asyncio.create_task(relay.run(stop))
-    try:
-        async with asyncio.timeout(timeout):
-            while await checkpoints.get(config.checkpoint_name) < until:
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-    return started_at
 
 
 async def test_under_a_steady_stream_of_writes_a_batch_starts_at_most_once_per_interval(
@@ -97,10 +53,7 @@ async def test_under_a_steady_stream_of_writes_a_batch_starts_at_most_once_per_i
             await store.append(stream, ANY, [NewEvent("task.touched", {"n": written})])
             written += 1
             await asyncio.sleep(0.002)
-        head = await store.head_position()
-        async with asyncio.timeout(30):
-            while await checkpoints.get(config.checkpoint_name) < head:
-                await asyncio.sleep(0.05)
+        await wait_for_checkpoint(checkpoints, config.checkpoint_name, await store.head_position())
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)

@@ -24,6 +24,7 @@ from event_store.leadership import leadership
 from event_store.postgres import PostgresEventStore
 from event_store.relay import Relay, RelayConfig
 from schemas.envelope import ANY, CATEGORIES, NewEvent
+from tests.support.relaying import wait_for_checkpoint
 
 
 class StandInBroker:
@@ -208,9 +209,7 @@ async def test_a_log_lost_while_the_relay_runs_is_republished(store: PostgresEve
     try:
         early = f"task-{uuid.uuid4()}"
         first = await store.append(early, ANY, [NewEvent("task.touched", {"n": 1})])
-        async with asyncio.timeout(10):
-            while await checkpoints.get(name) < (first.last_position or 0):
-                await asyncio.sleep(0.02)
+        await wait_for_checkpoint(checkpoints, name, first.last_position or 0, timeout=10, poll=0.02)
         broker.lose_log(keep_topics=keep_topics)  # the broker restarted with an empty log
         await asyncio.sleep(0.3)
         later = f"task-{uuid.uuid4()}"

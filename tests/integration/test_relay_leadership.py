@@ -15,7 +15,7 @@ from event_store.postgres import PostgresEventStore
 from schemas.envelope import ANY, CATEGORIES, NewEvent
 from taskstream.settings import Settings
 from taskstream.wiring import run_relay
-from tests.integration.test_relay import consume
+from tests.support.relaying import consume, wait_for_checkpoint
 
 pytestmark = pytest.mark.kafka
 
@@ -38,15 +38,11 @@ async def test_one_relay_publishes_and_the_other_takes_over(
     stream = f"task-{uuid.uuid4()}"
     try:
         before = await store.append(stream, ANY, [NewEvent("task.touched", {"n": i}) for i in range(5)])
-        async with asyncio.timeout(20):
-            while await checkpoints.get(settings.relay_checkpoint_name) < (before.last_position or 0):
-                await asyncio.sleep(0.05)
+        await wait_for_checkpoint(checkpoints, settings.relay_checkpoint_name, before.last_position or 0, timeout=20)
         stops[0].set()
         await asyncio.wait_for(first, 10)
         after = await store.append(stream, ANY, [NewEvent("task.touched", {"n": i}) for i in range(5, 10)])
-        async with asyncio.timeout(20):
-            while await checkpoints.get(settings.relay_checkpoint_name) < (after.last_position or 0):
-                await asyncio.sleep(0.05)
+        await wait_for_checkpoint(checkpoints, settings.relay_checkpoint_name, after.last_position or 0, timeout=20)
         assert not second.done()
     finally:
         for stop in stops:

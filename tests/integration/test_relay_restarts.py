@@ -5,7 +5,6 @@ each stream in version order after dropping duplicates."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from event_store.postgres import PostgresEventStore
 from event_store.relay import RelayConfig
 from schemas.envelope import ANY, NewEvent
 from taskstream import embedded
-from tests.integration.test_relay import consume, kafka_relay
+from tests.support.relaying import consume, kafka_relay, wait_for_checkpoint
 from tests.integration.test_relay_failures import by_stream_deduplicated
 
 pytestmark = pytest.mark.kafka
@@ -55,10 +54,7 @@ async def test_a_broker_restart_under_load_loses_nothing_and_keeps_stream_order(
             await asyncio.sleep(1.5)
             stop_writing.set()
             await writing
-            head = await store.head_position()
-            async with asyncio.timeout(60):
-                while await checkpoints.get(config.checkpoint_name) < head:
-                    await asyncio.sleep(0.05)
+            await wait_for_checkpoint(checkpoints, config.checkpoint_name, await store.head_position(), timeout=60)
         finally:
             stop_writing.set()
             stop.set()
