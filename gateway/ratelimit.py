@@ -43,7 +43,7 @@ log = logging.getLogger("taskstream.gateway")
 
 FailureMode = Literal["open", "closed"]
 STATE_KEY = "rate_limits"  # scope["state"]: the decisions of this request (gateway.edge adds the headers)
-ADMITTED_KEY = "rate_limit_admitted"  # scope["state"]: counted already (gateway.hotreads), not again
+ADMITTED_KEY = "rate_limit_admitted"  # scope["state"]: the route class counted already (gateway.hotreads)
 
 # GCRA. KEYS[1]: the caller's key. ARGV: emission interval and tolerance (the window), in ms.
 # Returns {allowed, remaining, reset_ms (until the whole quota is back), retry_after_ms}.
@@ -188,7 +188,7 @@ class RateLimits:
     async def admit(self, request: Request, route_class: str, verifier: TokenVerifier | None = None) -> None:
         """Count this request in its route class, keyed by principal (or address); once."""
         policy = self.policies.get(route_class)
-        if policy is not None and not request.scope.get("state", {}).get(ADMITTED_KEY):
+        if policy is not None and request.scope.get("state", {}).get(ADMITTED_KEY) != route_class:
             who = await principal_key(request, verifier) if verifier is not None else address_key(request)
             await self._check(request.scope, policy, who)
 
@@ -198,7 +198,7 @@ class RateLimits:
         policy = self.policies.get(route_class)
         if policy is not None:
             await self._check(scope, policy, subject_key(subject))
-            scope["state"][ADMITTED_KEY] = True
+            scope["state"][ADMITTED_KEY] = route_class
 
     async def admit_login(self, request: Request, email: str) -> None:
         """The per-account login limit, beside the per-address one (a slow guess spread over addresses)."""

@@ -27,3 +27,23 @@ def test_ipv6_addresses_are_grouped_by_their_64() -> None:
     assert address_key(_from("2001:db8:1:3::1")) != address_key(_from("2001:db8:1:2::1"))
     assert address_key(_from("::ffff:192.0.2.7")) == address_key(_from("192.0.2.7")) == "addr:192.0.2.7"
     assert address_key(_from("192.0.2.8")) != address_key(_from("192.0.2.7"))
+
+
+async def test_a_request_counted_by_subject_is_not_counted_again_in_that_class_only() -> None:
+    """The hot lane counts a read (``admit_subject``); the route then skips the ``read`` count,
+    but a request in any other class would still be counted."""
+    from gateway.ratelimit import RateLimits
+
+    checks: list[tuple[str, str]] = []
+
+    class Recording:
+        async def check(self, policy: Policy, who: str) -> Decision:
+            checks.append((policy.name, who))
+            return Decision(policy, True, 9, 60)
+
+    limits = RateLimits(Recording(), {"read": Policy("read", 10, 60), "write": Policy("write", 10, 60)})  # type: ignore[arg-type]
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("192.0.2.7", 1), "state": {}})
+    await limits.admit_subject(request.scope, "read", "u1")
+    await limits.admit(request, "read")
+    await limits.admit(request, "write")
+    assert checks == [("read", "user:u1"), ("write", "addr:192.0.2.7")]
