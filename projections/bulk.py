@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from projections.model import ReadModel, Row, Steps
+from projections.model import ReadModel, Row
 from schemas.envelope import RecordedEvent, json_loads
 from schemas.registry import Registry
 
@@ -206,15 +206,15 @@ class Fold:
         rows as ``apply(parse_events(text))``, cheaper: no event object, ``data`` parsed by
         ``json_loads`` straight from the line, and each stream's row updated in place with the
         projector's own steps (``projections.model.Steps``), which is the immutable fold minus
-        the copies no one sees (the fold owns its rows). An event the checks refuse goes through
-        the projector's ``apply`` for its exact refusal."""
+        the copies no one sees (the fold owns its rows). The ordering checks are the projector's
+        own (``Steps.step_for``), so a refused event fails with the live path's error."""
         spec = self.model.steps
         if spec is None:
             events = parse_events(text if escaped else escape_lines(text))
             self.apply(events)
             return len(events)
         rows, dirty, failed = self.rows, self.dirty, self.failed
-        steps, first_type, zero_is_none, owns = spec.steps, spec.first, spec.zero_is_none, self.model.owns
+        step_for, owns = spec.step_for, self.model.owns
         current, upcast, loads = self._current_text, self.registry.upcast, json_loads
         read = 0
         position = ""
@@ -241,15 +241,12 @@ class Fold:
                 at_position = int(position)
                 if current.get(type_) != schema_version:
                     value = upcast(type_, int(schema_version), value)
-                step = steps.get(type_)
-                if type_ == first_type:
-                    if step is None or (row is not None and row.get("version", 0) > 0):
-                        raise _refusal(spec, row, stream, version, type_, schema_version, position, at, value)
-                    row = rows[stream] = step({}, value, at, at_position)  # a new dict: the row
-                else:
-                    if step is None or row is None or (zero_is_none and row.get("version", 0) <= 0):
-                        raise _refusal(spec, row, stream, version, type_, schema_version, position, at, value)
-                    row.update(step(row, value, at, at_position))  # the step read all it needs first
+                base, step = step_for(row, type_, stream, version)
+                changes = step(base, value, at, at_position)  # the step read all it needs first
+                if base is row:
+                    row.update(changes)
+                else:  # the first event: its changes are the row
+                    row = rows[stream] = changes
             except Exception as exc:  # noqa: BLE001 - recorded and reported, as the live projector parks it
                 failed[stream] = Failure(stream, version, int(position), type_, f"{type(exc).__name__}: {exc}")
                 continue
@@ -295,14 +292,3 @@ class Fold:
         rows = [self.rows[s] for s in self.dirty]
         self.dirty = set()
         return rows
-
-
-def _refusal(spec: Steps, row: Row | None, stream: str, version: int, type_: str, schema_version: str, position: str, at: str,
-             data: Any) -> Exception:  # fmt: skip
-    """The exception the projector's own ``apply`` raises for an event the fast path refused."""
-    event = RecordedEvent(None, stream, type_, int(schema_version), version, int(position), at, data, {})  # type: ignore[arg-type]
-    try:
-        spec.apply(row, event)
-    except Exception as exc:  # noqa: BLE001 - the refusal itself
-        return exc
-    return RuntimeError(f"{type_} v{version} of {stream}: refused by the replay, accepted by apply")

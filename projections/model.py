@@ -32,8 +32,8 @@ Apply: TypeAlias = Callable[[Row | None, RecordedEvent], Row]
 class UnknownEvent(ValueError):
     """An event type this projection does not know: it is parked, never skipped."""
 
-    def __init__(self, projection: str, event: RecordedEvent) -> None:
-        super().__init__(f"projection {projection!r} does not know event type {event.type!r}")
+    def __init__(self, projection: str, event_type: str) -> None:
+        super().__init__(f"projection {projection!r} does not know event type {event_type!r}")
 
 
 class OutOfOrder(ValueError):
@@ -55,17 +55,26 @@ class Steps:
     zero_is_none: bool = False
 
     def apply(self, row: Row | None, event: RecordedEvent) -> Row:
-        if event.type == self.first:
-            first(row, event)
+        base, step = self.step_for(row, event.type, event.stream, event.version)
+        return stamped(base, event, **step(base, event.data, event.recorded_at, event.global_position))
+
+    def step_for(self, row: Row | None, event_type: str, stream: str, version: int) -> tuple[Row, Step]:
+        """The row an event starts from (``{}`` for the first event, else ``row``) and its step;
+        ``OutOfOrder`` or ``UnknownEvent`` when the event cannot follow ``row``. The one place of
+        these rules, for ``apply`` and for the replay's in-place fold."""
+        if event_type == self.first:
+            if row is not None and row.get("version", 0) > 0:
+                raise OutOfOrder(f"{event_type} of {stream} starts a row that exists at v{row['version']}")
             base: Row = {}
         else:
-            if self.zero_is_none and row is not None and row.get("version", 0) <= 0:
-                row = None  # a row the tasks projection made for its counts: none for this projector
-            base = require(row, event)
-        step = self.steps.get(event.type)
+            if row is None or (self.zero_is_none and row.get("version", 0) <= 0):
+                # (a row at version 0 is one the tasks projection made for its counts: none here)
+                raise OutOfOrder(f"{event_type} v{version} of {stream} has no row to apply to")
+            base = row
+        step = self.steps.get(event_type)
         if step is None:
-            raise UnknownEvent(self.name, event)
-        return stamped(base, event, **step(base, event.data, event.recorded_at, event.global_position))
+            raise UnknownEvent(self.name, event_type)
+        return base, step
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +120,3 @@ def stamped(row: Mapping[str, Any], event: RecordedEvent, **changes: Any) -> Row
     new["global_position"] = event.global_position
     new["updated_at"] = event.recorded_at
     return new
-
-
-def require(row: Row | None, event: RecordedEvent) -> Row:
-    if row is None:
-        raise OutOfOrder(f"{event.type} v{event.version} of {event.stream} has no row to apply to")
-    return row
-
-
-def first(row: Row | None, event: RecordedEvent) -> None:
-    if row is not None and row.get("version", 0) > 0:
-        raise OutOfOrder(f"{event.type} of {event.stream} starts a row that exists at v{row['version']}")
