@@ -366,9 +366,9 @@ class PostgresEventStore:
     async def read_where(
         self, conditions: Sequence[str], params: Sequence[Any], *, order_by: str = "global_position", limit: int | None = None
     ) -> list[RecordedEvent]:
-        """Events meeting every one of ``conditions`` (SQL of this codebase, never a caller's
-        text: values go in ``params`` through ``%s``), in ``order_by`` order, at most ``limit``."""
-        query = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions) or 'true'} ORDER BY {order_by}"
+        """Events meeting every one of ``conditions`` (at least one; SQL of this codebase, never a
+        caller's text: values go in ``params`` through ``%s``), in ``order_by`` order, at most ``limit``."""
+        query = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(conditions)} ORDER BY {order_by}"
         values = list(params)
         if limit is not None:
             query += " LIMIT %s"

@@ -3,9 +3,13 @@
 Everything here runs as the owner of the read models (``MIGRATION_DATABASE_URL``): creating,
 renaming and dropping tables needs it. A building table is made ``LIKE`` its live table (same
 columns in the same order, defaults, NOT NULL and CHECK constraints) and no index; once its bulk
-is written, before the catch-up and the swap, it gets its primary key and the live table's other
-indexes, privileges and owner (``finish_table``). Building an index over the loaded rows is one
-sort; keeping it during the COPY cost about a third of the COPY's CPU in PostgreSQL (measured).
+is written, before the catch-up and the swap, it gets the live table's other indexes, privileges
+and owner (``finish_table``). Building an index over the loaded rows is one sort; keeping it
+during the COPY cost about a third of the COPY's CPU in PostgreSQL (measured). Its primary key
+comes with ``finish_table`` too, unless a part writes again rows it already wrote (from its
+second checkpoint on, or from a resumed part's first): rows are replaced by key with a join, a
+scan of the whole table without the key, so the key is added then (``add_primary_key``). A
+replay that fits in one checkpoint per part keeps the whole saving.
 
 Logged tables throughout: an UNLOGGED build made logged at the end was measured dearer (``SET
 LOGGED`` rewrites the whole table into the WAL), and the tables that go live must be durable.
@@ -58,13 +62,37 @@ def table_exists(conn: psycopg.Connection[Any], table: str) -> bool:
 
 
 def create_building_table(conn: psycopg.Connection[Any], live: str, table: str, key: str) -> None:
-    """The table, without any index: its bulk goes in first, its primary key comes with
-    ``finish_table`` (one sort instead of a B-tree insert per row, about a third of the COPY's
-    cost in PostgreSQL, measured). Until then rows are replaced by key with a join (``RowWriter``),
-    and a duplicate key, which would be a defect, fails the primary key's creation."""
+    """The table, without any index: its bulk goes in first, its primary key comes later (one
+    sort instead of a B-tree insert per row, about a third of the COPY's cost in PostgreSQL,
+    measured): before rows already written are written again (``RowWriter``), else with
+    ``finish_table``. A duplicate key, which would be a defect, fails the primary key's creation."""
     conn.execute(
         sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(ident(table), ident(live))
     )
+
+
+def add_primary_key(conn: psycopg.Connection[Any], table: str, key: str) -> None:
+    """``<table>_pkey`` on ``key``, unless the table has a primary key. The shards of a model
+    share its table: a transaction-level advisory lock on the table's name makes the check and
+    the creation one step (held to the end of the caller's transaction, if in one, so a shard
+    that waited sees the key committed: the check reads ``pg_index`` with the statement's
+    snapshot, where a name lookup could answer from a cache of the transaction's start). Called
+    by a transaction before it touches the table: it then holds no lock on it while it waits,
+    and never deadlocks with another shard."""
+    if _has_primary_key(conn, table):
+        return
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        if not _has_primary_key(conn, table):
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(ident(table), ident(f"{table}_pkey"), sql.Identifier(key))
+            )
+
+
+def _has_primary_key(conn: psycopg.Connection[Any], table: str) -> bool:
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = %s::regclass AND indisprimary)", (table,)
+    ).fetchone()[0]  # type: ignore[index]
 
 
 def shard_filter(column: sql.Composable, shard: int, shards: int) -> sql.Composable:
@@ -229,7 +257,8 @@ def load_rows(
 
 class RowWriter:
     """Writes folded rows into a building table with COPY: new rows straight in, rows already
-    written once through a staging table (delete and insert, set-based)."""
+    written once through a staging table (delete and insert, set-based, by the primary key,
+    added to the table the first time: ``add_primary_key``)."""
 
     def __init__(self, conn: psycopg.Connection[Any], model: ReadModel, table: str) -> None:
         self.conn = conn
@@ -240,15 +269,20 @@ class RowWriter:
         self.written: set[str] = set()  # streams with a row in the table
         self._names = sql.SQL(", ").join(sql.Identifier(c) for c, _ in self.columns)
         self._stage = f"stage_{table}"[:63]
+        self._keyed = False  # the table has its primary key (added here, or found)
 
     def write(self, streams_rows: Sequence[tuple[str, Row]]) -> None:
-        """Inside the caller's transaction."""
+        """Inside the caller's transaction. Writing rows again adds the primary key when the
+        table lacks it: a transaction that holds no lock on the table yet (a checkpoint's)."""
         written = self.written
         if written:
             fresh = [row for stream, row in streams_rows if stream not in written]
             again = [row for stream, row in streams_rows if stream in written]
         else:
             fresh, again = [row for _, row in streams_rows], []
+        if again and not self._keyed:
+            add_primary_key(self.conn, self.table, self.model.key)
+            self._keyed = True
         if fresh:
             self._copy_in(ident(self.table), fresh)
         if again:
@@ -300,10 +334,7 @@ def finish_table(conn: psycopg.Connection[Any], live: str, table: str, suffix: s
     """The primary key (``<table>_pkey``), the live table's other indexes (named
     ``<index>_<suffix>`` until the swap), owner and privileges on the building table; then
     ANALYZE, so it is planned well from its first query."""
-    if not table_exists(conn, f"{table}_pkey"):  # a resumed run, or a table made with its key, has it
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(ident(table), ident(f"{table}_pkey"), sql.Identifier(key))
-        )
+    add_primary_key(conn, table, key)  # a part that wrote rows again, or a resumed run, added it
     for name, definition in live_indexes(conn, live):
         new_name = index_name(name, suffix)
         if table_exists(conn, new_name):

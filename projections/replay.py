@@ -351,19 +351,28 @@ class Replay:
     # --- the tail and the swap --------------------------------------------------------------
 
     def _fold_tail(self, conn: psycopg.Connection[Any], tables: Mapping[str, str], after: int, until: int) -> int:
-        """Fold (after, until] into the building tables, in the caller's transaction."""
+        """Fold (after, until] into the building tables, in the caller's transaction: one read of
+        every model's events (inside the swap's lock, one query rather than one per model), its
+        lines split by category (``events.category``: the stream id up to its first ``-``), each
+        stream's still in version order."""
+        read = rebuild.read_events(conn, [m.category for m in self.models], after, until)
+        lines: dict[str, list[str]] = {m.category: [] for m in self.models}
+        keys: dict[str, set[str]] = {m.category: set() for m in self.models}
+        for text in read:
+            for line in text.split("\n"):
+                if line:
+                    category, _, key = line.split("\t", 2)[1].partition("-")
+                    lines[category].append(line)
+                    keys[category].add(key)
         total = 0
         for model in self.models:
-            read = rebuild.read_events(conn, [model.category], after, until)
-            texts = list(read)
-            if not texts:
+            if not lines[model.category]:
                 continue
-            keys = {line.split("\t", 2)[1][len(model.category) + 1 :] for text in texts for line in text.split("\n") if line}
-            valid = [k for k in keys if _is_uuid(k)]
+            valid = [k for k in keys[model.category] if _is_uuid(k)]
             rows = rebuild.load_rows(conn, model, tables[model.name], keys=valid)
             fold = bulk.Fold(model, registry(), rows=rows, position=after)
             fold.failed = {s: f for s, f in self.failures.items() if s.startswith(model.category + "-")}
-            total += sum(fold.apply_text(text, escaped=read.escaped) for text in texts)
+            total += fold.apply_text("\n".join(lines[model.category]), escaped=read.escaped)
             writer = rebuild.RowWriter(conn, model, tables[model.name])
             writer.written = set(rows)
             writer.write([(s, fold.rows[s]) for s in sorted(fold.dirty)])

@@ -1,12 +1,15 @@
 """One part of a replay: a read model, or one shard of it, folded up to a position.
 
-A part streams its category's events in ``(position, target]`` ranges with ``COPY``, folds
-them in memory (``projections.bulk.Fold``: the live projectors' ``apply``) and, at each
-checkpoint, writes the rows it changed and its position (``replay_progress``) in one
-transaction. A part started again loads its rows back and continues from its position; the
-rows' versions make re-reading the last range harmless. It runs in the replay's process or in
-one of its own (``part_process``), with the garbage collector off: the fold holds millions of
-young containers that are never garbage.
+A part reads its category's events in ``(position, target]`` ranges with ``COPY``
+(``rebuild.read_events``: blocks of lines PostgreSQL builds), each range on a thread and a
+connection of their own while this thread folds the one before in memory
+(``projections.bulk.Fold.apply_text``: the live projectors' own steps on each stream's row, in
+place, or their ``apply`` for a model without steps) and, at each checkpoint, writes the rows
+it changed and its position (``replay_progress``) in one transaction on its other connection.
+A part started again loads its rows back and continues from its position; the rows' versions
+make re-reading the last range harmless. It runs in the replay's process or in one of its own
+(``part_process``), with the garbage collector off: the fold holds millions of young containers
+that are never garbage.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def build_part(
         finally:
             cpu["read"] += time.thread_time() - began
 
+    # The pool's exit waits for a read still under way (stopped), before its connection closes.
     with connect(url) as conn, connect(url) as reader, _no_gc(), ThreadPoolExecutor(1, thread_name_prefix="replay-read") as pool:
         began = time.thread_time()
         rows = rebuild.load_rows(conn, model, table, shard=part.shard, shards=part.shards) if start > 0 else {}
@@ -100,9 +104,9 @@ def build_part(
         position, pending, flushed_at = start, 0, time.monotonic()
         coming = pool.submit(read, *ranges[0]) if ranges else None
         for index, (_, upto) in enumerate(ranges):
-            if stopped() or coming is None:
+            if stopped():
                 break
-            blocks = coming.result()
+            blocks = coming.result()  # type: ignore[union-attr]  # None only once stopped(), which stays so
             coming = pool.submit(read, *ranges[index + 1]) if index + 1 < len(ranges) and not stopped() else None
             began = time.thread_time()
             events = sum(fold.apply_text(block, escaped=blocks.escaped) for block in blocks)
@@ -116,8 +120,6 @@ def build_part(
                 _checkpoint(conn, writer, fold, run_id, part.name, position)
                 cpu["write"] += time.thread_time() - began
                 pending, flushed_at = 0, time.monotonic()
-        if coming is not None:
-            coming.result()  # stopped: the read under way ends before its connection closes
         return position, list(fold.failed.values())
 
 

@@ -29,7 +29,7 @@ from commands.service import Service
 from event_store.postgres import PostgresEventStore
 from projections import verify
 from projections.catalog import MODELS
-from projections.replay import Replay, Request, connect, discard, redis_invalidator
+from projections.replay import NoProgress, Replay, Request, connect, discard, redis_invalidator
 from projections.runtime import Projector, Record
 from schemas.catalog import registry
 from schemas.envelope import Metadata
@@ -252,6 +252,66 @@ def test_an_interrupted_replay_resumes_to_the_same_tables(backlog_urls: dict[str
             assert verify.checksum(conn, model, second.tables[model]) == verify.checksum(conn, model, whole.tables[model])
     discard(url, whole.run_id)
     discard(url, second.run_id)
+
+
+class RangesFolded(NoProgress):
+    """Counts the ranges a part folded (a sequential part reports each one): a stop between
+    two of them, at a checkpoint, whatever the timing."""
+
+    def __init__(self) -> None:
+        self.ranges = 0
+
+    def advance(self, events: int) -> None:
+        self.ranges += 1
+
+
+def _has_primary_key(url: str, table: str) -> bool:
+    with connect(url) as conn:
+        (keys,) = conn.execute("SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass AND indisprimary", (table,)).fetchone()  # type: ignore[misc]
+    return bool(keys)
+
+
+def test_a_part_that_writes_rows_again_gives_the_table_its_key_first_and_one_that_does_not_leaves_it_to_the_end(
+    backlog_urls: dict[str, str],
+) -> None:
+    """Rows written again are replaced by key with a join: without the key, a scan of the whole
+    table at every checkpoint. A part's first checkpoint only adds rows and leaves the key to
+    ``finish_table`` (one sort); its second, and a resumed part's first, rewrite rows and add the
+    key before."""
+    url = backlog_urls["owner"]
+    with connect(url) as conn:
+        head = int(conn.execute("SELECT max(global_position) FROM events").fetchone()[0])  # type: ignore[index]
+        (rewritten,) = conn.execute(  # the precondition: tasks of the first range have events in the second
+            "SELECT count(DISTINCT stream_id) FROM events WHERE category = 'task' AND global_position > 500"
+            " AND global_position <= 1000 AND stream_id IN (SELECT stream_id FROM events WHERE category = 'task' AND global_position <= 500)"
+        ).fetchone()  # type: ignore[misc]
+    assert rewritten > 0
+    small = {"models": ("tasks",), "until_position": head, "parallel": False, "chunk_span": 500, "checkpoint_events": 1}
+
+    def until(ranges: int) -> tuple[RangesFolded, Any]:
+        progress = RangesFolded()
+        return progress, lambda: progress.ranges >= ranges
+
+    progress, stopped = until(1)
+    once = Replay(url, Request(**small), progress=progress, stopped=stopped).run()  # type: ignore[arg-type]
+    assert once.status == "interrupted" and progress.ranges == 1
+    assert not _has_primary_key(url, once.tables["tasks"])  # rows written once: the key waits for the end
+    progress, stopped = until(1)
+    resumed = Replay(url, Request(**small), progress=progress, stopped=stopped).run()  # type: ignore[arg-type]
+    assert resumed.resumed and resumed.run_id == once.run_id and resumed.status == "interrupted"
+    assert _has_primary_key(url, resumed.tables["tasks"])  # its first checkpoint rewrote rows it loaded
+    discard(url, resumed.run_id)
+    progress, stopped = until(2)
+    twice = Replay(url, Request(**small), progress=progress, stopped=stopped).run()  # type: ignore[arg-type]
+    assert not twice.resumed and twice.status == "interrupted" and progress.ranges == 2
+    assert _has_primary_key(url, twice.tables["tasks"])  # the second checkpoint rewrote rows of the first
+    finished = Replay(url, Request(**{**small, "chunk_span": 250_000, "checkpoint_events": 500_000})).run()  # type: ignore[arg-type]
+    whole = Replay(url, Request(models=("tasks",), until_position=head, parallel=False)).run()
+    assert finished.run_id == twice.run_id and finished.status == "built"
+    with connect(url) as conn:
+        assert verify.checksum(conn, "tasks", finished.tables["tasks"]) == verify.checksum(conn, "tasks", whole.tables["tasks"])
+    discard(url, finished.run_id)
+    discard(url, whole.run_id)
 
 
 def test_until_a_time_builds_as_of_the_last_event_recorded_by_then_and_one_replay_runs_at_a_time(backlog_urls: dict[str, str]) -> None:

@@ -70,7 +70,7 @@ def test_the_log_parameters_are_checked_together() -> None:
     assert p.history_page(QueryParams("cursor=4&limit=2")) == (4, 2)
 
 
-def test_the_log_conditions_put_every_filter_on_the_ordered_scan() -> None:
+def test_the_log_conditions_lead_with_position_and_category_then_one_per_filter_given() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     conditions, params = log_conditions(LogFilter(categories=["task"], stream="task-1", types=["task.started"], actor="a",
                                                   after_position=3, before_position=9, after_time=at, before_time=at))  # fmt: skip
