@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,6 +28,22 @@ def servers(folder: Path, started: list[embedded.ServerProcess]) -> tuple[str, s
     assert db_url and redis_url and kafka
     upgrade(db_url)
     return db_url, redis_url, kafka
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user and system) of a process and of what it started: its own, its live
+    children's (and theirs), and its exited children's (the children's times it holds). For
+    PostgreSQL, the postmaster's: the live backends summed, the exited ones in its children's
+    times. None if the process cannot be read (gone, or no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += cpu_seconds(int(child)) or 0.0  # None: it exited meanwhile
+    return total
 
 
 def start_system(folder: Path, started: list[embedded.ServerProcess], db_url: str, redis_url: str, kafka: str,

@@ -148,33 +148,10 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def server_cpu(pid: int | None) -> float | None:
-    """CPU seconds of the embedded PostgreSQL: the postmaster, its live children, and (in the
-    postmaster's children's times) its exited backends. None for an external server."""
-    if pid is None:
-        return None
-    total = 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
-        try:
-            f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in f[11:13]) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def main() -> int:
     import psycopg
 
+    from _servers import cpu_seconds
     from projections.replay import Replay, Request, redis_invalidator
     from taskstream import embedded
 
@@ -214,10 +191,11 @@ def main() -> int:
         del lines
         copy_rate, copied = copy_to_rate(db_url)
         replay = Replay(db_url, Request(shards=int(os.environ.get("BENCH_SHARDS", 0))), invalidate=redis_invalidator(redis_url))
-        cpu_before, pg_before = _cpu(), server_cpu(pg_pid)
+        # PostgreSQL's CPU: the embedded postmaster's, with its backends' (None for an external server).
+        cpu_before, pg_before = _cpu(), None if pg_pid is None else cpu_seconds(pg_pid)
         result = replay.run()
         cpu = _cpu() - cpu_before
-        pg_after = server_cpu(pg_pid)
+        pg_after = None if pg_pid is None else cpu_seconds(pg_pid)
         pg_cpu = None if pg_before is None or pg_after is None else pg_after - pg_before
         replay_rate = result.events / result.seconds
         copy_rate_again, _ = copy_to_rate(db_url)  # the baseline again, after: the machine is shared

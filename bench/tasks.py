@@ -31,7 +31,6 @@ systems and all servers share one 2-core machine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -287,23 +286,12 @@ def run_celery() -> dict[str, Any]:
     return {"tasks_per_s": round(throughput(plain, done), 1), **latencies(plain_r, done_r)}
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time and its children's (PostgreSQL's work is done in its backends:
-    the live ones are summed, the exited ones are in the postmaster's children's times)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
-
-
 def main() -> int:
     from taskstream import embedded
-    from _servers import servers
+    from _servers import cpu_seconds, servers
+
+    def cpu(pid: int) -> float:
+        return cpu_seconds(pid) or 0.0  # a process gone counts nothing
 
     folder = Path(tempfile.mkdtemp(prefix="taskstream-bench-tasks-"))
     started: list[embedded.ServerProcess] = []
@@ -335,16 +323,16 @@ def main() -> int:
         os.environ.update({k: env[k] for k in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")})
         url, headers = asyncio.run(ours_setup(f"http://{HOST}:{http_port}", env))
         pids = {s.name: s.process.pid for s in started}
-        before = {n: cpu_seconds(p) for n, p in pids.items()}
+        before = {n: cpu(p) for n, p in pids.items()}
         began = time.monotonic()
         ours = asyncio.run(run_ours(url, headers, database_url))
         elapsed = time.monotonic() - began
-        ours["cpu_cores"] = {n: round((cpu_seconds(p) - before[n]) / elapsed, 2) for n, p in pids.items() if not n.startswith("celery")}
-        before = {n: cpu_seconds(p) for n, p in pids.items()}
+        ours["cpu_cores"] = {n: round((cpu(p) - before[n]) / elapsed, 2) for n, p in pids.items() if not n.startswith("celery")}
+        before = {n: cpu(p) for n, p in pids.items()}
         began = time.monotonic()
         theirs = run_celery()
         elapsed = time.monotonic() - began
-        theirs["cpu_cores"] = {n: round((cpu_seconds(p) - before[n]) / elapsed, 2) for n, p in pids.items() if n.startswith("celery") or n == "Valkey"}
+        theirs["cpu_cores"] = {n: round((cpu(p) - before[n]) / elapsed, 2) for n, p in pids.items() if n.startswith("celery") or n == "Valkey"}
         ratio = ours["tasks_per_s"] / theirs["tasks_per_s"]
         report = {
             "benchmark": "tasks", "tasks": TASKS, "rate_per_s": RATE, "rate_seconds": RATE_SECONDS, "worker_processes": 2,
